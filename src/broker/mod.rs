@@ -1,0 +1,207 @@
+//! The transport seam: one [`Broker`] trait between dispatch and the wire.
+//!
+//! Dispatch speaks only in [`Envelope`]s, [`Route`]s and [`Delivery`]s; it never
+//! sees AMQP frames or the embedded broker's queues. Every implementation
+//! honours the same semantics:
+//!
+//! - `publish` returns only once the broker has the message (for RabbitMQ: a
+//!   publisher confirm), and fails with [`Unroutable`] when no queue would take it;
+//! - a [`Delivery`] is settled exactly once: `ack`, `retry` (redelivered after a
+//!   delay with `attempt + 1`, without holding a consumer) or `dead_letter`
+//!   (kept in the agent's dead-letter queue with the reason);
+//! - a delivery dropped unsettled (a crashed worker) goes back to its queue.
+
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// A message in transit: the body plus everything carried beside it
+/// (AMQP properties and headers).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique id; stable across redeliveries and retries.
+    pub id: String,
+    /// Shared by all messages of a conversation (AMQP correlation id).
+    pub conversation_id: String,
+    /// Where `reply` outgoing messages go: a queue name (AMQP reply-to).
+    pub reply_to: Option<String>,
+    /// The agent that produced it; none for a user's message.
+    pub sender: Option<String>,
+    /// Agents that handled the conversation before this message.
+    pub hops: u32,
+    /// 1 on first delivery; incremented by every retry.
+    pub attempt: u32,
+    /// Milliseconds since the Unix epoch at first publish.
+    pub timestamp: u64,
+    /// Other headers (`x-warren-*`): producing agent version, last error, ...
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body (see [`crate::wire::Body`]).
+    pub body: Vec<u8>,
+}
+
+/// Header naming why the previous attempt failed.
+pub const HEADER_LAST_ERROR: &str = "x-warren-last-error";
+/// Header carrying the content hash of the agent version that produced a message.
+pub const HEADER_AGENT_VERSION: &str = "x-warren-agent-version";
+
+/// Where a message is published.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// An agent's queue, through routing key `agent.{name}`.
+    Agent(String),
+    /// A queue by name (replies).
+    Queue(String),
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::Agent(a) => write!(f, "agent `{a}`"),
+            Route::Queue(q) => write!(f, "queue `{q}`"),
+        }
+    }
+}
+
+/// Publishing failed because no queue would take the message.
+#[derive(Debug, Clone)]
+pub struct Unroutable(pub Route);
+
+impl fmt::Display for Unroutable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Route::Agent(a) => write!(f, "no such agent `{a}` (nothing is bound to agent.{a})"),
+            Route::Queue(q) => write!(f, "no such queue `{q}`"),
+        }
+    }
+}
+
+impl std::error::Error for Unroutable {}
+
+/// The seed's queue health view, one row per agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub agent: String,
+    pub queue: String,
+    pub routing_key: String,
+    /// Messages ready for delivery.
+    pub message_count: u64,
+    pub consumer_count: u32,
+    /// Delivered, not yet settled.
+    pub unacked: u64,
+    /// Waiting out a retry delay.
+    pub delayed: u64,
+    pub dead_letter_queue: String,
+    pub dead_letter_count: u64,
+    pub status: String,
+}
+
+/// A message that was given up on, with the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub agent: String,
+    pub reason: String,
+    pub envelope: Envelope,
+}
+
+/// A message handed to a consumer; settle it exactly once.
+pub struct Delivery {
+    pub envelope: Envelope,
+    acker: Option<Box<dyn Acker>>,
+}
+
+impl Delivery {
+    pub fn new(envelope: Envelope, acker: Box<dyn Acker>) -> Self {
+        Delivery {
+            envelope,
+            acker: Some(acker),
+        }
+    }
+
+    fn take(&mut self) -> (Envelope, Box<dyn Acker>) {
+        let acker = self.acker.take().expect("a delivery is settled once");
+        (std::mem::take(&mut self.envelope), acker)
+    }
+
+    /// Done: remove the message from its queue.
+    pub async fn ack(mut self) -> Result<()> {
+        let (env, acker) = self.take();
+        acker.ack(env).await
+    }
+
+    /// Deliver again after `delay` with `attempt + 1`, recording `reason`.
+    pub async fn retry(mut self, delay: Duration, reason: &str) -> Result<()> {
+        let (env, acker) = self.take();
+        acker.retry(env, delay, reason).await
+    }
+
+    /// Give up: move the message to the agent's dead-letter queue.
+    pub async fn dead_letter(mut self, reason: &str) -> Result<()> {
+        let (env, acker) = self.take();
+        acker.dead_letter(env, reason).await
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.acker.is_some() {
+            let (env, acker) = self.take();
+            acker.abandon(env);
+        }
+    }
+}
+
+/// The transport's side of settling one delivery.
+#[async_trait]
+pub trait Acker: Send {
+    async fn ack(self: Box<Self>, envelope: Envelope) -> Result<()>;
+    async fn retry(self: Box<Self>, envelope: Envelope, delay: Duration, reason: &str)
+    -> Result<()>;
+    async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: &str) -> Result<()>;
+    /// The delivery was dropped unsettled: give it back to the queue.
+    fn abandon(self: Box<Self>, envelope: Envelope);
+}
+
+/// A stream of deliveries from one queue.
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next delivery; `None` once the consumer is closed for good.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// The transport as dispatch sees it.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// A one-line description for logs (never includes a password).
+    fn describe(&self) -> String;
+
+    /// Declares an agent's queue, binding and dead-letter queue. Idempotent.
+    async fn declare_agent(&self, agent: &str) -> Result<()>;
+
+    /// Declares a durable plain queue by name (e.g. for replies). Idempotent.
+    async fn declare_queue(&self, name: &str) -> Result<()>;
+
+    /// Publishes and waits until the broker has the message.
+    /// Fails with [`Unroutable`] when no queue takes it.
+    async fn publish(&self, route: &Route, envelope: Envelope) -> Result<()>;
+
+    /// Starts consuming an agent's queue.
+    async fn consume(&self, agent: &str) -> Result<Box<dyn Consumer>>;
+
+    /// Declares a private, temporary queue for replies and consumes it.
+    async fn reply_queue(&self) -> Result<(String, Box<dyn Consumer>)>;
+
+    /// Puts a message straight into an agent's dead-letter queue.
+    async fn dead_letter(&self, agent: &str, envelope: Envelope, reason: &str) -> Result<()>;
+
+    /// Queue health, one row per declared agent.
+    async fn stats(&self) -> Result<Vec<QueueStats>>;
+
+    /// The messages in an agent's dead-letter queue (oldest first), left in place.
+    async fn dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>>;
+}

@@ -1,0 +1,84 @@
+//! The user's side: start a conversation with an agent and, if asked, wait
+//! for the answer (the seed's `client.run`). Works on any [`Broker`].
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::broker::{Broker, Route, Unroutable};
+use crate::dispatch::{check_agent_name, user_envelope};
+use crate::wire::Body;
+
+/// What `send` did, and the reply if one was awaited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendOutcome {
+    pub id: String,
+    pub agent: String,
+    pub reply: Option<Reply>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: String,
+    /// The agent that answered.
+    pub from: Option<String>,
+    pub hops: u32,
+    /// The answer's last chat message.
+    pub text: String,
+    pub body: Body,
+}
+
+pub async fn send(
+    broker: &dyn Broker,
+    agent: &str,
+    text: &str,
+    context: Map<String, Value>,
+    wait: Option<Duration>,
+) -> Result<SendOutcome> {
+    let agent = check_agent_name(agent)?;
+    let mut replies = match wait {
+        Some(_) => Some(broker.reply_queue().await.context("declaring a reply queue")?),
+        None => None,
+    };
+    let envelope = user_envelope(text, context, replies.as_ref().map(|(q, _)| q.clone()));
+    let id = envelope.id.clone();
+    broker
+        .publish(&Route::Agent(agent.clone()), envelope)
+        .await
+        .map_err(|e| match e.downcast_ref::<Unroutable>() {
+            Some(u) => anyhow::anyhow!("{u}: is a warren host running with that agent loaded?"),
+            None => e.context(format!("publishing to agent `{agent}`")),
+        })?;
+    let (Some(timeout), Some((_, consumer))) = (wait, replies.as_mut()) else {
+        return Ok(SendOutcome { id, agent, reply: None });
+    };
+    let wait_for_reply = async {
+        while let Some(delivery) = consumer.next().await {
+            if delivery.envelope.conversation_id != id {
+                // A stale reply from an earlier conversation: not ours.
+                delivery.ack().await?;
+                continue;
+            }
+            let body = Body::decode(&delivery.envelope.body).context("reply body")?;
+            let reply = Reply {
+                id: delivery.envelope.id.clone(),
+                from: delivery.envelope.sender.clone(),
+                hops: delivery.envelope.hops,
+                text: body.messages.last().map(|m| m.content.clone()).unwrap_or_default(),
+                body,
+            };
+            delivery.ack().await?;
+            return Ok(reply);
+        }
+        bail!("the reply queue closed before a reply came")
+    };
+    match tokio::time::timeout(timeout, wait_for_reply).await {
+        Ok(reply) => Ok(SendOutcome { id, agent, reply: Some(reply?) }),
+        Err(_) => bail!(
+            "no reply to message {id} from `{agent}` within {:.1}s: see `warren status` (dead letters, consumers)",
+            timeout.as_secs_f64()
+        ),
+    }
+}

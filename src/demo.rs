@@ -1,0 +1,83 @@
+//! `warren demo`: the seed's scenario end to end on the embedded broker.
+//!
+//! A user writes "I want to talk to agent B." to Agent A with the context
+//! variable `user`; Agent A hands the conversation off to Agent B; Agent B
+//! answers by name. Every hop is printed, then the queue table.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde_json::json;
+use tokio::sync::broadcast::error::TryRecvError;
+
+use crate::broker::memory::MemoryBroker;
+use crate::client;
+use crate::dispatch::Event;
+use crate::host::{Host, HostConfig};
+
+pub const PROMPT: &str = "I want to talk to agent B.";
+
+pub async fn run(plugins: &Path, config: HostConfig, out: &mut impl Write) -> Result<()> {
+    let host = Host::new(config, Arc::new(MemoryBroker::new()))?;
+    let loaded = host.load_dir(plugins).await?;
+    for needed in ["agent_a", "agent_b"] {
+        if !loaded.iter().any(|n| n == needed) {
+            bail!(
+                "the demo needs {needed}.wasm in {} (loaded: {}); see the log above for why it is missing",
+                plugins.display(),
+                loaded.join(", ")
+            );
+        }
+    }
+    writeln!(out, "warren demo: {} agents loaded from {} ({})", loaded.len(), plugins.display(), loaded.join(", "))?;
+    let mut events = host.events();
+    let context = json!({ "user": "alice" }).as_object().cloned().unwrap_or_default();
+    writeln!(out, "\nuser → agent_a: \"{PROMPT}\"  context_variables={}", serde_json::Value::Object(context.clone()))?;
+
+    let outcome = client::send(host.broker().as_ref(), "agent_a", PROMPT, context, Some(Duration::from_secs(30))).await;
+
+    // Print the hops in the order they happened.
+    loop {
+        match events.try_recv() {
+            Ok(event) => print_event(out, &event)?,
+            Err(TryRecvError::Lagged(n)) => writeln!(out, "  ({n} events not shown)")?,
+            Err(_) => break,
+        }
+    }
+    let outcome = outcome?;
+    let reply = outcome.reply.expect("send waited for a reply");
+    writeln!(
+        out,
+        "\nanswer from {} after {} hops: \"{}\"",
+        reply.from.as_deref().unwrap_or("?"),
+        reply.hops,
+        reply.text
+    )?;
+    writeln!(out, "\n{}", host.status().await?.table())?;
+    host.shutdown().await;
+    Ok(())
+}
+
+fn print_event(out: &mut impl Write, event: &Event) -> Result<()> {
+    match event {
+        Event::Handled { agent, version, outgoing, .. } => {
+            for sent in outgoing {
+                let what = match sent.to.strip_prefix("agent.") {
+                    Some(next) => format!("hands off to {next}"),
+                    None => "replies to the user".to_string(),
+                };
+                writeln!(out, "  {agent} (version {version}) {what}: \"{}\"", sent.text)?;
+            }
+        }
+        Event::Retrying { agent, id, attempt, reason, .. } => {
+            writeln!(out, "  {agent}: message {id} attempt {attempt} will be retried: {reason}")?
+        }
+        Event::DeadLettered { agent, id, reason } => {
+            writeln!(out, "  {agent}: message {id} dead-lettered: {reason}")?
+        }
+    }
+    Ok(())
+}

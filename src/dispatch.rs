@@ -1,0 +1,526 @@
+//! The loop in the middle: delivery → decode → agent → publish every outgoing
+//! message → (all confirmed) → ack.
+//!
+//! Every way a delivery can end is decided here, and each ends in exactly one
+//! settlement with a reason a person can read:
+//!
+//! | outcome                               | settlement                                  |
+//! |---------------------------------------|---------------------------------------------|
+//! | agent returned outgoing messages      | publish all, then `ack`                     |
+//! | `failure::retry`                      | `retry` with backoff; dead-letter at max    |
+//! | `failure::reject`                     | dead-letter at once                         |
+//! | trap / deadline / memory limit        | retry on a fresh instance `trap_retries` times, then dead-letter |
+//! | undecodable body, invalid output      | dead-letter at once (retrying cannot help)  |
+//! | more than `max_hops` hops             | dead-letter as a loop                       |
+//! | publishing failed (broker trouble)    | `retry`: outgoing ids are deterministic, so a retry re-publishes the same ids |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use rand::Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::broker::{Broker, Delivery, Envelope, HEADER_AGENT_VERSION, Route, Unroutable};
+use crate::names;
+use crate::registry::Registry;
+use crate::runtime::{ChatMessage, Destination, Failure, Message, Outgoing};
+use crate::wire::{self, Body};
+
+/// The queue that takes replies of conversations started without a reply-to.
+pub const REPLIES_QUEUE: &str = "warren_replies";
+
+/// Retry and loop policy.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Deliveries of one message before it is dead-lettered (`retry` failures).
+    pub max_attempts: u32,
+    /// Retries after a trap (on a fresh instance) before dead-lettering.
+    /// Traps are usually deterministic, so the default is one: enough to rule
+    /// out state left behind by an earlier message in a reused instance.
+    pub trap_retries: u32,
+    /// Agent-to-agent hops a conversation may take before it counts as a loop.
+    pub max_hops: u32,
+    /// First retry delay; doubles with each attempt, with jitter.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_cap: Duration,
+    /// Concurrent consumers per agent.
+    pub consumers_per_agent: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_attempts: 5,
+            trap_retries: 1,
+            max_hops: 16,
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(30),
+            consumers_per_agent: 4,
+        }
+    }
+}
+
+/// What happened to a delivery; broadcast for the demo, tests and monitoring.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Handled {
+        agent: String,
+        version: String,
+        id: String,
+        conversation_id: String,
+        attempt: u32,
+        outgoing: Vec<Sent>,
+    },
+    Retrying {
+        agent: String,
+        id: String,
+        attempt: u32,
+        delay_ms: u64,
+        reason: String,
+    },
+    DeadLettered {
+        agent: String,
+        id: String,
+        reason: String,
+    },
+}
+
+/// One message an agent sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sent {
+    pub id: String,
+    /// `agent.NAME`, or the reply queue.
+    pub to: String,
+    /// The last chat message's content.
+    pub text: String,
+}
+
+/// An outgoing message resolved to a route and an envelope, ready to publish.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub route: Route,
+    pub envelope: Envelope,
+    pub body: Body,
+}
+
+pub struct Dispatcher {
+    broker: Arc<dyn Broker>,
+    registry: Arc<Registry>,
+    config: DispatchConfig,
+    events: broadcast::Sender<Event>,
+}
+
+impl Dispatcher {
+    pub fn new(broker: Arc<dyn Broker>, registry: Arc<Registry>, config: DispatchConfig) -> Self {
+        Dispatcher {
+            broker,
+            registry,
+            config,
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscribers is normal; events are for whoever listens.
+        let _ = self.events.send(event);
+    }
+
+    /// Consumes an agent's queue until `shutdown`; an in-flight message is
+    /// always finished (published and settled) before the worker stops.
+    pub async fn run_consumer(self: Arc<Self>, agent: String, shutdown: CancellationToken) {
+        let mut consumer = match self.broker.consume(&agent).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(agent, "cannot consume: {e:#}");
+                return;
+            }
+        };
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                d = consumer.next() => match d {
+                    Some(d) => d,
+                    None => break,
+                },
+            };
+            self.handle(&agent, delivery).await;
+        }
+        debug!(agent, "consumer stopped");
+    }
+
+    /// Handles one delivery to its settlement. Never fails: every error ends
+    /// in a retry or a dead letter, and a settlement error is logged (the
+    /// broker then redelivers the unsettled message).
+    pub async fn handle(&self, agent: &str, delivery: Delivery) {
+        let id = delivery.envelope.id.clone();
+        let attempt = delivery.envelope.attempt;
+        let verdict = self.decide(agent, &delivery.envelope).await;
+        let settled = match verdict {
+            Verdict::Publish { planned, version } => {
+                let conversation_id = delivery.envelope.conversation_id.clone();
+                match self.publish_all(agent, &planned).await {
+                    Ok(()) => {
+                        let outgoing = planned.iter().map(sent).collect();
+                        let r = delivery.ack().await;
+                        self.emit(Event::Handled {
+                            agent: agent.into(),
+                            version,
+                            id: id.clone(),
+                            conversation_id,
+                            attempt,
+                            outgoing,
+                        });
+                        r
+                    }
+                    Err(e) => {
+                        let reason = format!("publishing its output failed: {e:#}");
+                        self.retry_or_dead_letter(agent, delivery, reason, self.config.max_attempts)
+                            .await
+                    }
+                }
+            }
+            Verdict::Retry { reason, budget } => {
+                self.retry_or_dead_letter(agent, delivery, reason, budget)
+                    .await
+            }
+            Verdict::DeadLetter(reason) => self.dead_letter(agent, delivery, reason).await,
+        };
+        if let Err(e) = settled {
+            warn!(agent, id, "settling the message failed (it will be redelivered): {e:#}");
+        }
+    }
+
+    async fn decide(&self, agent: &str, env: &Envelope) -> Verdict {
+        if env.hops > self.config.max_hops {
+            return Verdict::DeadLetter(format!(
+                "hop limit exceeded: {} hops (max {}), the conversation is looping (last sender: {})",
+                env.hops,
+                self.config.max_hops,
+                env.sender.as_deref().unwrap_or("none")
+            ));
+        }
+        let body = match Body::decode(&env.body) {
+            Ok(b) => b,
+            Err(e) => return Verdict::DeadLetter(format!("undecodable body: {e:#}")),
+        };
+        let Some(pool) = self.registry.get(agent) else {
+            // Unloaded between delivery and now (hot swap): try again later.
+            return Verdict::Retry {
+                reason: format!("agent `{agent}` is not loaded"),
+                budget: self.config.max_attempts,
+            };
+        };
+        let msg = to_message(agent, env, &body);
+        match pool.call(&msg).await {
+            Ok(Ok(outgoing)) => match plan(agent, pool.version(), env, &body, outgoing) {
+                Ok(planned) => Verdict::Publish {
+                    planned,
+                    version: pool.version().to_string(),
+                },
+                Err(e) => Verdict::DeadLetter(format!("invalid output from agent: {e:#}")),
+            },
+            Ok(Err(Failure::Retry(reason))) => Verdict::Retry {
+                reason: format!("agent asked to retry: {reason}"),
+                budget: self.config.max_attempts,
+            },
+            Ok(Err(Failure::Reject(reason))) => {
+                Verdict::DeadLetter(format!("rejected by agent: {reason}"))
+            }
+            Err(guest) => Verdict::Retry {
+                reason: format!("guest failed: {guest}"),
+                budget: 1 + self.config.trap_retries,
+            },
+        }
+    }
+
+    async fn publish_all(&self, agent: &str, planned: &[Planned]) -> Result<()> {
+        // All publishes are in flight at once (confirms pipeline); the input
+        // is acked only when every one of them is confirmed.
+        let results = futures::future::join_all(
+            planned
+                .iter()
+                .map(|p| self.broker.publish(&p.route, p.envelope.clone())),
+        )
+        .await;
+        for (p, result) in planned.iter().zip(results) {
+            match result {
+                Ok(()) => {}
+                Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
+                    // Nobody would ever receive it: keep it, with the reason, in
+                    // the sending agent's dead-letter queue instead of losing it.
+                    let reason = format!("{e}: sent by `{agent}`");
+                    warn!(agent, id = p.envelope.id, "{reason}; dead-lettered");
+                    self.broker
+                        .dead_letter(agent, p.envelope.clone(), &reason)
+                        .await?;
+                    self.emit(Event::DeadLettered {
+                        agent: agent.into(),
+                        id: p.envelope.id.clone(),
+                        reason,
+                    });
+                }
+                Err(e) => return Err(e).with_context(|| format!("publishing to {}", p.route)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry_or_dead_letter(
+        &self,
+        agent: &str,
+        delivery: Delivery,
+        reason: String,
+        budget: u32,
+    ) -> Result<()> {
+        let attempt = delivery.envelope.attempt;
+        if attempt >= budget {
+            let reason = format!("{reason} (gave up after {attempt} attempts)");
+            return self.dead_letter(agent, delivery, reason).await;
+        }
+        let delay = backoff(&self.config, attempt);
+        let id = delivery.envelope.id.clone();
+        info!(agent, id, attempt, delay_ms = delay.as_millis() as u64, "retrying: {reason}");
+        delivery.retry(delay, &reason).await?;
+        self.emit(Event::Retrying {
+            agent: agent.into(),
+            id,
+            attempt,
+            delay_ms: delay.as_millis() as u64,
+            reason,
+        });
+        Ok(())
+    }
+
+    async fn dead_letter(&self, agent: &str, delivery: Delivery, reason: String) -> Result<()> {
+        let id = delivery.envelope.id.clone();
+        warn!(agent, id, "dead-lettered: {reason}");
+        delivery.dead_letter(&reason).await?;
+        self.emit(Event::DeadLettered {
+            agent: agent.into(),
+            id,
+            reason,
+        });
+        Ok(())
+    }
+}
+
+enum Verdict {
+    Publish {
+        planned: Vec<Planned>,
+        version: String,
+    },
+    /// Retry while `attempt < budget`, then dead-letter.
+    Retry {
+        reason: String,
+        budget: u32,
+    },
+    DeadLetter(String),
+}
+
+fn sent(p: &Planned) -> Sent {
+    Sent {
+        id: p.envelope.id.clone(),
+        to: match &p.route {
+            Route::Agent(a) => names::routing_key(a),
+            Route::Queue(q) => q.clone(),
+        },
+        text: p
+            .body
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// The WIT message an agent receives for an envelope.
+pub fn to_message(agent: &str, env: &Envelope, body: &Body) -> Message {
+    Message {
+        id: env.id.clone(),
+        conversation_id: env.conversation_id.clone(),
+        sender: env.sender.clone().or_else(|| body.from_agent.clone()),
+        recipient: agent.to_string(),
+        messages: body
+            .messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect(),
+        context: serde_json::Value::Object(body.context_variables.clone()).to_string(),
+        attempt: env.attempt.max(1),
+        hops: env.hops,
+    }
+}
+
+/// Checks an agent's output and turns it into envelopes: deterministic ids,
+/// the conversation and reply-to carried along, hops + 1.
+pub fn plan(
+    agent: &str,
+    version: &str,
+    input: &Envelope,
+    body: &Body,
+    outgoing: Vec<Outgoing>,
+) -> Result<Vec<Planned>> {
+    outgoing
+        .into_iter()
+        .enumerate()
+        .map(|(i, out)| {
+            plan_one(agent, version, input, body, i, out)
+                .with_context(|| format!("outgoing message #{i}"))
+        })
+        .collect()
+}
+
+fn plan_one(
+    agent: &str,
+    version: &str,
+    input: &Envelope,
+    body: &Body,
+    index: usize,
+    out: Outgoing,
+) -> Result<Planned> {
+    let route = match out.to {
+        Destination::Agent(name) => {
+            let to = names::normalise(&name);
+            names::validate(&to).context("bad destination")?;
+            Route::Agent(to)
+        }
+        Destination::Reply => {
+            Route::Queue(input.reply_to.clone().unwrap_or_else(|| REPLIES_QUEUE.into()))
+        }
+    };
+    let context_variables = match out.context {
+        Some(text) => wire::parse_context(&text)?,
+        None => body.context_variables.clone(),
+    };
+    let body = Body {
+        messages: out
+            .messages
+            .into_iter()
+            .map(|m| wire::ChatMessage {
+                role: m.role,
+                content: m.content,
+            })
+            .collect(),
+        context_variables,
+        from_agent: Some(agent.to_string()),
+    };
+    let mut headers = std::collections::BTreeMap::new();
+    headers.insert(HEADER_AGENT_VERSION.to_string(), version.to_string());
+    let envelope = Envelope {
+        id: derive_id(&input.id, index),
+        conversation_id: input.conversation_id.clone(),
+        reply_to: input.reply_to.clone(),
+        sender: Some(agent.to_string()),
+        hops: input.hops + 1,
+        attempt: 1,
+        timestamp: now_millis(),
+        headers,
+        body: body.encode(),
+    };
+    Ok(Planned {
+        route,
+        envelope,
+        body,
+    })
+}
+
+/// The id of the `index`-th message produced from message `id`: the same
+/// input always yields the same ids, so a redelivered input can be told
+/// apart from new work downstream.
+pub fn derive_id(id: &str, index: usize) -> String {
+    let digest = Sha256::digest(format!("{id}/{index}").as_bytes());
+    format!("m-{}", &hex::encode(digest)[..24])
+}
+
+/// A fresh random message id.
+pub fn new_id() -> String {
+    format!("m-{:024x}", rand::rng().random::<u128>() >> 32)
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Exponential backoff with "equal jitter": half the delay is fixed, half random.
+pub fn backoff(config: &DispatchConfig, attempt: u32) -> Duration {
+    let exp = config
+        .backoff_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let full = exp.min(config.backoff_cap);
+    let half = full / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Builds a user's first message, as `warren send` and the seed's `client.run` do.
+pub fn user_envelope(text: &str, context: serde_json::Map<String, serde_json::Value>, reply_to: Option<String>) -> Envelope {
+    let id = new_id();
+    Envelope {
+        conversation_id: id.clone(),
+        id,
+        reply_to,
+        sender: None,
+        hops: 0,
+        attempt: 1,
+        timestamp: now_millis(),
+        headers: Default::default(),
+        body: Body::user(text, context).encode(),
+    }
+}
+
+/// Checks that a routing target exists before a user publishes to it.
+pub fn check_agent_name(agent: &str) -> Result<String> {
+    let name = names::normalise(agent);
+    if let Err(e) = names::validate(&name) {
+        bail!("bad agent name `{agent}`: {e}");
+    }
+    Ok(name)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_distinct() {
+        assert_eq!(derive_id("a", 0), derive_id("a", 0));
+        assert_ne!(derive_id("a", 0), derive_id("a", 1));
+        assert_ne!(derive_id("a", 0), derive_id("b", 0));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let c = DispatchConfig {
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let d1 = backoff(&c, 1);
+        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+        let d3 = backoff(&c, 3);
+        assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+        assert!(backoff(&c, 30) <= Duration::from_secs(1));
+    }
+}

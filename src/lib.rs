@@ -1,0 +1,50 @@
+//! # warren
+//!
+//! Runs AI/automation agents as sandboxed WebAssembly components and connects
+//! them through a message broker. An agent is a component implementing the
+//! world in `wit/agent.wit`: it receives a message and returns the messages it
+//! wants sent on. The host owns the transport: it consumes, calls the agent,
+//! publishes every outgoing message (confirmed), and only then acknowledges.
+//!
+//! ## Map of the crate
+//!
+//! The data path, top to bottom:
+//!
+//! - [`broker`] — the transport seam: the [`broker::Broker`] trait (declare,
+//!   publish-with-confirm, consume, ack / retry / dead-letter, stats) and
+//!   [`broker::memory`], the embedded in-process broker.
+//! - [`dispatch`] — the loop: delivery → decode → agent → publish → ack, and
+//!   every retry / dead-letter decision with its reason.
+//! - [`runtime`] — wasmtime: loading and checking components against the
+//!   world, the compile cache, the WASI sandbox, per-agent instance pools.
+//! - [`registry`] — agents by name, each the current version of its plugin.
+//! - [`host`] — ties them together: load a plugins folder, run consumers,
+//!   report status, shut down gracefully.
+//!
+//! Around it:
+//!
+//! - [`names`] and [`wire`] — names and the JSON body on the wire, compatible
+//!   with the seed system (SwarmRabbitMQ).
+//! - [`client`] — start a conversation and wait for its reply.
+//! - [`control`] — the local socket through which `warren send` / `status`
+//!   reach a host running the embedded broker.
+//! - [`status`] — the queue health table.
+//! - [`testbench`] — `warren test`: one plugin, no broker.
+//! - [`demo`] — `warren demo`: the Agent A → Agent B handoff.
+
+pub mod broker;
+pub mod client;
+pub mod control;
+pub mod demo;
+pub mod dispatch;
+pub mod host;
+pub mod names;
+pub mod registry;
+pub mod runtime;
+pub mod status;
+pub mod testbench;
+pub mod wire;
+
+pub use broker::Broker;
+pub use broker::memory::MemoryBroker;
+pub use host::{Host, HostConfig};

@@ -1,0 +1,98 @@
+//! Agents by name: the current version of each, swapped atomically.
+//!
+//! Dispatch looks an agent up for every delivery, so replacing an entry here
+//! is all it takes for new deliveries to reach a new version while in-flight
+//! calls finish on the old one (they hold their own `Arc`). Plugin files that
+//! failed to load are remembered with the reason, for `warren status`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context as _, Result};
+
+use crate::runtime::{AgentPool, Runtime};
+
+/// A plugin file that could not be loaded, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginError {
+    pub agent: String,
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    agents: RwLock<BTreeMap<String, Arc<AgentPool>>>,
+    errors: RwLock<BTreeMap<String, PluginError>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, agent: &str) -> Option<Arc<AgentPool>> {
+        self.agents.read().unwrap().get(agent).cloned()
+    }
+
+    /// Installs (or replaces) an agent; returns the version it replaced.
+    pub fn insert(&self, pool: Arc<AgentPool>) -> Option<Arc<AgentPool>> {
+        let name = pool.name().to_string();
+        self.errors.write().unwrap().remove(&name);
+        self.agents.write().unwrap().insert(name, pool)
+    }
+
+    pub fn remove(&self, agent: &str) -> Option<Arc<AgentPool>> {
+        self.agents.write().unwrap().remove(agent)
+    }
+
+    pub fn agents(&self) -> Vec<Arc<AgentPool>> {
+        self.agents.read().unwrap().values().cloned().collect()
+    }
+
+    pub fn record_error(&self, error: PluginError) {
+        self.errors
+            .write()
+            .unwrap()
+            .insert(error.agent.clone(), error);
+    }
+
+    pub fn errors(&self) -> Vec<PluginError> {
+        self.errors.read().unwrap().values().cloned().collect()
+    }
+}
+
+/// Loads one plugin file into a ready pool. Compiling is CPU-bound, so it
+/// runs on the blocking pool rather than stalling the consumers.
+pub async fn load_plugin(runtime: &Arc<Runtime>, path: &Path) -> Result<Arc<AgentPool>> {
+    let module = {
+        let runtime = runtime.clone();
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || runtime.load_file(&path))
+            .await
+            .context("the compile task panicked")??
+    };
+    AgentPool::new(runtime.clone(), module).await
+}
+
+/// The plugin files in a folder: `*.wasm`, sorted; hidden and temp files skipped.
+pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("reading plugins folder {}", dir.display()))?
+    {
+        let path = entry?.path();
+        if is_plugin_file(&path) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// `NAME.wasm`, not hidden (editors and copies in progress use dot-files).
+pub fn is_plugin_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    path.extension().is_some_and(|e| e == "wasm") && !name.starts_with('.') && path.is_file()
+}

@@ -1,0 +1,204 @@
+//! The per-instance host state: a WASI context with no ambient authority,
+//! memory limits, and the `host` interface (`log`) routed to tracing.
+//!
+//! A guest gets clocks and randomness and nothing else: no preopened
+//! directories, no environment variables, no arguments, no sockets, no name
+//! lookups, no stdin. Its stdout and stderr are captured line by line into
+//! the host's log, tagged with the agent's name.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{Level, warren::agent};
+
+/// Longest captured output line; longer lines are cut (a guest must not be
+/// able to make the host buffer without bound).
+const MAX_LINE: usize = 4096;
+/// Stderr lines kept to explain a trap.
+const LAST_LINES: usize = 3;
+
+/// Everything a store holds for one agent instance.
+pub struct AgentState {
+    agent: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    /// The guest's last few stderr lines: a panic message lands there just
+    /// before the trap, and it is the most useful part of a trap's reason.
+    last_stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl AgentState {
+    pub fn new(agent: Arc<str>, max_memory: usize) -> Self {
+        let last_stderr = Arc::new(Mutex::new(Vec::new()));
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestOutput::new(agent.clone(), "stdout", None))
+            .stderr(GuestOutput::new(
+                agent.clone(),
+                "stderr",
+                Some(last_stderr.clone()),
+            ))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        AgentState {
+            agent,
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(max_memory)
+                .instances(64)
+                // A failed `memory.grow` becomes a trap naming the limit instead
+                // of an allocation failure deep inside the guest.
+                .trap_on_grow_failure(true)
+                .build(),
+            last_stderr,
+        }
+    }
+
+    /// Takes the last lines the guest wrote to stderr, if any, joined by ` / `.
+    pub fn take_last_stderr(&self) -> Option<String> {
+        let mut last = self.last_stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let text = last.join(" / ");
+        last.clear();
+        (!text.is_empty()).then_some(text)
+    }
+}
+
+impl WasiView for AgentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl agent::types::Host for AgentState {}
+
+impl agent::host::Host for AgentState {
+    fn log(&mut self, level: Level, text: String) {
+        let agent = &*self.agent;
+        let text = truncate(&text);
+        match level {
+            Level::Trace => tracing::trace!(target: "warren::guest", agent, "{text}"),
+            Level::Debug => tracing::debug!(target: "warren::guest", agent, "{text}"),
+            Level::Info => tracing::info!(target: "warren::guest", agent, "{text}"),
+            Level::Warn => tracing::warn!(target: "warren::guest", agent, "{text}"),
+            Level::Error => tracing::error!(target: "warren::guest", agent, "{text}"),
+        }
+    }
+}
+
+fn truncate(text: &str) -> &str {
+    if text.len() <= MAX_LINE {
+        return text;
+    }
+    let mut end = MAX_LINE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A guest's stdout or stderr, written to the host log one line at a time.
+#[derive(Clone)]
+struct GuestOutput {
+    agent: Arc<str>,
+    stream: &'static str,
+    last: Option<Arc<Mutex<Vec<String>>>>,
+}
+
+impl GuestOutput {
+    fn new(agent: Arc<str>, stream: &'static str, last: Option<Arc<Mutex<Vec<String>>>>) -> Self {
+        GuestOutput {
+            agent,
+            stream,
+            last,
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineLogger {
+            out: self.clone(),
+            line: Vec::new(),
+        })
+    }
+}
+
+struct LineLogger {
+    out: GuestOutput,
+    line: Vec<u8>,
+}
+
+impl LineLogger {
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        let text = truncate(text);
+        tracing::info!(target: "warren::guest", agent = &*self.out.agent, stream = self.out.stream, "{text}");
+        if let Some(last) = &self.out.last
+            && !text.starts_with("note: run with `RUST_BACKTRACE")
+        {
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.len() == LAST_LINES {
+                last.remove(0);
+            }
+            last.push(text.to_string());
+        }
+        self.line.clear();
+    }
+}
+
+impl AsyncWrite for LineLogger {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        for &b in buf {
+            if b == b'\n' {
+                self.emit();
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineLogger {
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+    }
+}

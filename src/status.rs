@@ -1,0 +1,145 @@
+//! Queue monitoring: the seed's `debug_queues` view (queue, message_count,
+//! consumer_count, routing_key, status) joined with each agent's version and
+//! call counters, as a table or JSON.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::QueueStats;
+use crate::names;
+use crate::registry::PluginError;
+use crate::runtime::AgentPool;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub broker: String,
+    pub agents: Vec<AgentStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    #[serde(flatten)]
+    pub queue: QueueStats,
+    /// Content hash of the loaded version; none when no version is loaded.
+    pub version: Option<String>,
+    pub file: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub loaded_at: Option<u64>,
+    pub calls: u64,
+    pub failures: u64,
+    pub traps: u64,
+    pub guest_ms: f64,
+    /// Why the plugin file could not be (re)loaded, if it could not.
+    pub error: Option<String>,
+}
+
+impl AgentStatus {
+    pub fn new(mut queue: QueueStats, pool: Option<&AgentPool>, error: Option<PluginError>) -> Self {
+        if pool.is_none() {
+            queue.status = "not loaded".into();
+        }
+        if error.is_some() {
+            queue.status = "plugin error".into();
+        }
+        let stats = pool.map(|p| p.stats());
+        let counter = |f: fn(&crate::runtime::CallStats) -> &std::sync::atomic::AtomicU64| {
+            stats.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0)
+        };
+        AgentStatus {
+            version: pool.map(|p| p.version().to_string()),
+            file: pool.map(|p| p.module().source.display().to_string()),
+            loaded_at: pool.and_then(|p| p.module().loaded_at.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            calls: counter(|s| &s.calls),
+            failures: counter(|s| &s.failures),
+            traps: counter(|s| &s.traps),
+            guest_ms: counter(|s| &s.guest_nanos) as f64 / 1e6,
+            error: error.map(|e| e.reason),
+            queue,
+        }
+    }
+
+    /// A plugin that never loaded and so has no queue yet.
+    pub fn failed(error: PluginError) -> Self {
+        let queue = QueueStats {
+            queue: names::queue(&error.agent),
+            routing_key: names::routing_key(&error.agent),
+            dead_letter_queue: names::dead_letter_queue(&error.agent),
+            agent: error.agent.clone(),
+            message_count: 0,
+            consumer_count: 0,
+            unacked: 0,
+            delayed: 0,
+            dead_letter_count: 0,
+            status: "plugin error".into(),
+        };
+        let mut s = AgentStatus::new(queue, None, Some(error.clone()));
+        s.file = Some(error.file.display().to_string());
+        s
+    }
+}
+
+impl Status {
+    /// The human view: one row per agent, then any plugin errors in full.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "broker: {}", self.broker);
+        let header = [
+            "queue", "routing_key", "message_count", "consumer_count", "unacked", "delayed",
+            "dead", "version", "calls", "status",
+        ];
+        let rows: Vec<[String; 10]> = self
+            .agents
+            .iter()
+            .map(|a| {
+                [
+                    a.queue.queue.clone(),
+                    a.queue.routing_key.clone(),
+                    a.queue.message_count.to_string(),
+                    a.queue.consumer_count.to_string(),
+                    a.queue.unacked.to_string(),
+                    a.queue.delayed.to_string(),
+                    a.queue.dead_letter_count.to_string(),
+                    a.version.clone().unwrap_or_else(|| "-".into()),
+                    a.calls.to_string(),
+                    a.queue.status.clone(),
+                ]
+            })
+            .collect();
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.len());
+            }
+        }
+        let line = |cells: &[&str]| {
+            let mut l = String::new();
+            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    l.push_str("  ");
+                }
+                let _ = write!(l, "{c:<w$}");
+            }
+            l.trim_end().to_string()
+        };
+        let _ = writeln!(out, "{}", line(&header));
+        for r in &rows {
+            let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+            let _ = writeln!(out, "{}", line(&cells));
+        }
+        if self.agents.is_empty() {
+            let _ = writeln!(out, "(no agents)");
+        }
+        for a in self.agents.iter().filter(|a| a.error.is_some()) {
+            let _ = writeln!(
+                out,
+                "error in {}: {}",
+                a.queue.agent,
+                a.error.as_deref().unwrap_or_default()
+            );
+        }
+        out
+    }
+}

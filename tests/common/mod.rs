@@ -1,0 +1,115 @@
+//! Shared test helpers: a host on the embedded broker over a temp plugins
+//! folder, and waiting for dispatch events.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use warren::dispatch::{DispatchConfig, Event};
+use warren::runtime::{InstanceMode, RuntimeConfig};
+use warren::{Host, HostConfig, MemoryBroker};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A built guest: `plugins/NAME.wasm` or `tests/fixtures/NAME.wasm`.
+pub fn guest(name: &str) -> PathBuf {
+    for dir in ["plugins", "tests/fixtures"] {
+        let p = root().join(dir).join(format!("{name}.wasm"));
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("guest {name}.wasm is not built: run scripts/build-guests.sh");
+}
+
+/// Compile cache shared by the tests (the same components every time).
+pub fn cache_dir() -> PathBuf {
+    root().join("target").join("test-compile-cache")
+}
+
+pub fn runtime_config(mode: InstanceMode) -> RuntimeConfig {
+    RuntimeConfig {
+        cache_dir: Some(cache_dir()),
+        instance_mode: mode,
+        max_instances: 2,
+        deadline: Duration::from_secs(5),
+        ..RuntimeConfig::default()
+    }
+}
+
+pub fn fast_dispatch() -> DispatchConfig {
+    DispatchConfig {
+        max_attempts: 3,
+        trap_retries: 1,
+        max_hops: 6,
+        backoff_base: Duration::from_millis(5),
+        backoff_cap: Duration::from_millis(20),
+        consumers_per_agent: 2,
+    }
+}
+
+/// A plugins folder holding copies of the named guests.
+pub fn plugins_dir(guests: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for g in guests {
+        std::fs::copy(guest(g), dir.path().join(format!("{g}.wasm"))).unwrap();
+    }
+    dir
+}
+
+pub struct TestHost {
+    pub host: Arc<Host>,
+    pub broker: Arc<MemoryBroker>,
+    pub events: broadcast::Receiver<Event>,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn start(guests: &[&str]) -> TestHost {
+    start_with(guests, runtime_config(InstanceMode::Reuse), fast_dispatch()).await
+}
+
+pub async fn start_with(guests: &[&str], runtime: RuntimeConfig, dispatch: DispatchConfig) -> TestHost {
+    let dir = plugins_dir(guests);
+    start_in(dir, runtime, dispatch).await
+}
+
+pub async fn start_in(dir: tempfile::TempDir, runtime: RuntimeConfig, dispatch: DispatchConfig) -> TestHost {
+    let broker = Arc::new(MemoryBroker::new());
+    let host = Host::new(HostConfig { runtime, dispatch }, broker.clone()).unwrap();
+    let events = host.events();
+    host.load_dir(dir.path()).await.unwrap();
+    TestHost { host, broker, events, dir }
+}
+
+impl TestHost {
+    /// Waits (up to 10 s) for the first event that `pick` accepts.
+    pub async fn wait_for<T>(&mut self, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .expect("timed out waiting for an event")
+                .expect("event channel closed");
+            if let Some(t) = pick(&ev) {
+                return t;
+            }
+        }
+    }
+
+    /// Waits for the dead letter of message `id` and returns its reason.
+    pub async fn dead_letter_of(&mut self, id: &str) -> String {
+        self.wait_for(|e| match e {
+            Event::DeadLettered { id: i, reason, .. } if i == id => Some(reason.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
