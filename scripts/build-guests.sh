@@ -42,7 +42,7 @@ build_one() {
   local out=$(dirname "$dir")/$name.wasm
   case $mode in
     rustup)
-      cargo build -q --release --target wasm32-wasip2 \
+      cargo build -q --locked --release --target wasm32-wasip2 \
         --manifest-path "$dir/Cargo.toml" --target-dir "$target_dir"
       cp "$target_dir/wasm32-wasip2/release/$name.wasm" "$out"
       ;;

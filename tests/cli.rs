@@ -77,7 +77,7 @@ fn send_and_status_without_a_host_say_what_they_need() {
 fn run_send_status_across_processes() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("w.sock");
-    let mut host = warren()
+    let host = warren()
         .args(["run", "--plugins", "plugins"])
         .env("WARREN_CONTROL", &sock)
         .stderr(Stdio::piped())

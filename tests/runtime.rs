@@ -25,7 +25,10 @@ fn compiled_code_is_cached_by_content_hash() {
     assert!(second.cache_hit);
     assert_eq!(first.version, second.version);
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
-    // A corrupt entry is replaced, not fatal.
+    // A corrupt entry is replaced, not fatal. (Loaded components map their
+    // cache file, so they are dropped before the file is overwritten in place;
+    // the cache itself only ever replaces files by rename.)
+    drop((first, second));
     let entry = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
     std::fs::write(&entry, b"garbage").unwrap();
     let config = RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeConfig::default() };

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: rebuild every guest component from source, then run the
+# whole test suite against the rebuilt files.
+#   WARREN_SKIP_GUEST_BUILD=1  use the committed .wasm files as they are
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "test: cargo is not installed; install Rust from https://rustup.rs" >&2
+  exit 1
+fi
+
+if [ "${WARREN_SKIP_GUEST_BUILD:-0}" != 1 ]; then
+  echo "== building guest components from source"
+  scripts/build-guests.sh
+fi
+
+echo "== cargo test"
+cargo test --locked "$@"
