@@ -25,7 +25,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::broker::{Broker, Delivery, Envelope, HEADER_AGENT_VERSION, Route, Unroutable};
+use crate::broker::{Broker, Consumer, Delivery, Envelope, HEADER_AGENT_VERSION, Route, Unroutable};
 use crate::names;
 use crate::registry::Registry;
 use crate::runtime::{ChatMessage, Destination, Failure, Message, Outgoing};
@@ -140,16 +140,14 @@ impl Dispatcher {
         let _ = self.events.send(event);
     }
 
-    /// Consumes an agent's queue until `shutdown`; an in-flight message is
-    /// always finished (published and settled) before the worker stops.
-    pub async fn run_consumer(self: Arc<Self>, agent: String, shutdown: CancellationToken) {
-        let mut consumer = match self.broker.consume(&agent).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(agent, "cannot consume: {e:#}");
-                return;
-            }
-        };
+    /// Consumes until `shutdown`; an in-flight message is always finished
+    /// (published and settled) before the worker stops.
+    pub async fn run_consumer(
+        self: Arc<Self>,
+        agent: String,
+        mut consumer: Box<dyn Consumer>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let delivery = tokio::select! {
                 biased;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +17,9 @@ use crate::dispatch::{DispatchConfig, Dispatcher, Event};
 use crate::registry::{self, PluginError, Registry};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::status::{AgentStatus, Status};
+
+/// How long shutdown waits for in-flight messages.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Everything a host needs to know.
 #[derive(Debug, Clone, Default)]
@@ -113,24 +116,33 @@ impl Host {
         );
         let name = pool.name().to_string();
         self.registry.insert(pool);
-        self.start_consumers(&name);
+        self.start_consumers(&name)
+            .await
+            .with_context(|| format!("starting consumers for agent `{name}`"))?;
         Ok(name)
     }
 
-    fn start_consumers(&self, agent: &str) {
-        let mut consumers = self.consumers.lock().unwrap();
-        if consumers.contains_key(agent) {
-            return; // a replaced version is picked up by the running consumers
+    /// Starts the agent's consumers, once: a replaced version is picked up by
+    /// the running ones (dispatch looks the agent up per delivery). Returns
+    /// when every consumer is registered with the broker.
+    async fn start_consumers(&self, agent: &str) -> Result<()> {
+        if self.consumers.lock().unwrap().contains_key(agent) {
+            return Ok(());
+        }
+        let mut consumers = Vec::new();
+        for _ in 0..self.dispatcher.config().consumers_per_agent.max(1) {
+            consumers.push(self.broker.consume(agent).await?);
         }
         let token = self.shutdown.child_token();
-        for _ in 0..self.dispatcher.config().consumers_per_agent.max(1) {
-            self.tasks.spawn(
-                self.dispatcher
-                    .clone()
-                    .run_consumer(agent.to_string(), token.clone()),
-            );
+        for consumer in consumers {
+            self.tasks.spawn(self.dispatcher.clone().run_consumer(
+                agent.to_string(),
+                consumer,
+                token.clone(),
+            ));
         }
-        consumers.insert(agent.to_string(), token);
+        self.consumers.lock().unwrap().insert(agent.to_string(), token);
+        Ok(())
     }
 
     /// Publishes a message to an agent on behalf of a user.
@@ -164,11 +176,17 @@ impl Host {
         })
     }
 
-    /// Stops taking deliveries, lets in-flight messages finish, and returns
-    /// once every consumer has stopped.
+    /// Stops taking deliveries, lets in-flight messages finish (up to
+    /// `SHUTDOWN_GRACE`), then closes the broker connection. Anything not
+    /// acked by then is redelivered by the broker: nothing is lost.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tasks.close();
-        self.tasks.wait().await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                "in-flight messages did not finish within {SHUTDOWN_GRACE:?}; they stay unacked and will be redelivered"
+            );
+        }
+        self.broker.close().await;
     }
 }

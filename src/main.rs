@@ -1,7 +1,7 @@
 //! The `warren` command line: parse, then call the library.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use warren::broker::amqp::{AmqpBroker, AmqpConfig, QueueType};
 use warren::dispatch::DispatchConfig;
+use warren::status::{AgentStatus, Status};
 use warren::runtime::{InstanceMode, RuntimeConfig};
-use warren::{Host, HostConfig, MemoryBroker, control, wire};
+use warren::{Broker, Host, HostConfig, MemoryBroker, client, control, names, registry, wire};
 
 /// Run AI/automation agents as sandboxed WebAssembly components, connected
 /// through a message broker (RabbitMQ, or the embedded in-process broker).
@@ -32,6 +34,8 @@ enum Command {
     Run {
         #[command(flatten)]
         host: HostArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Control socket through which `warren send` / `warren status` reach this host.
         #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
         control: PathBuf,
@@ -56,6 +60,8 @@ enum Command {
         json: bool,
         #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
         control: PathBuf,
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
     /// Show each agent's queue: message_count, consumer_count, routing_key, status.
     Status {
@@ -64,6 +70,14 @@ enum Command {
         json: bool,
         #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
         control: PathBuf,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// With RabbitMQ: report the agents of this plugins folder...
+        #[arg(long, env = "WARREN_PLUGINS", default_value = "plugins")]
+        plugins: PathBuf,
+        /// ...and these agents (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
     },
     /// Test one plugin with no broker: JSON-line bodies in, outgoing messages out.
     Test {
@@ -91,6 +105,41 @@ struct HostArgs {
     runtime: RuntimeArgs,
     #[command(flatten)]
     dispatch: DispatchArgs,
+}
+
+#[derive(Args)]
+struct BrokerArgs {
+    /// RabbitMQ URL (amqp:// or amqps://, e.g. amqp://guest:guest@127.0.0.1:5672/%2f).
+    /// Without it, `run` uses the embedded broker and `send` / `status` reach
+    /// the running host through its control socket.
+    #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// The topic exchange agents' queues are bound to.
+    #[arg(long, env = "WARREN_EXCHANGE", default_value = "agent_exchange")]
+    exchange: String,
+    /// Unacknowledged deliveries per consumer.
+    #[arg(long, default_value_t = 8)]
+    prefetch: u16,
+    /// Queue type of agent queues.
+    #[arg(long, value_enum, default_value_t = QueueType::Classic)]
+    queue_type: QueueType,
+    /// Seconds to wait for a lost connection to recover before failing.
+    #[arg(long, default_value_t = 120)]
+    recovery_timeout: u64,
+}
+
+impl BrokerArgs {
+    async fn connect(&self) -> Result<Option<AmqpBroker>> {
+        let Some(url) = &self.amqp_url else { return Ok(None) };
+        let config = AmqpConfig {
+            url: url.clone(),
+            exchange: self.exchange.clone(),
+            prefetch: self.prefetch,
+            queue_type: self.queue_type,
+            recovery_timeout: Duration::from_secs(self.recovery_timeout),
+        };
+        Ok(Some(AmqpBroker::connect(config).await?))
+    }
 }
 
 #[derive(Args)]
@@ -202,11 +251,18 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Run { host, control } => run_host(host, control).await,
-        Command::Send { agent, text, context, wait, timeout, json, control } => {
+        Command::Run { host, broker, control } => run_host(host, broker, control).await,
+        Command::Send { agent, text, context, wait, timeout, json, control, broker } => {
             let context = wire::parse_context(&context).context("--context")?;
             let wait = wait.then(|| Duration::from_secs_f64(timeout));
-            let outcome = control::send(&control, &agent, &text, context, wait).await?;
+            let outcome = match broker.connect().await? {
+                Some(amqp) => {
+                    let outcome = client::send(&amqp, &agent, &text, context, wait).await;
+                    amqp.close().await;
+                    outcome?
+                }
+                None => control::send(&control, &agent, &text, context, wait).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&outcome)?);
             } else {
@@ -217,8 +273,15 @@ async fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Status { json, control } => {
-            let status = control::status(&control).await?;
+        Command::Status { json, control, broker, plugins, agents } => {
+            let status = match broker.connect().await? {
+                Some(amqp) => {
+                    let status = amqp_status(&amqp, &plugins, &agents).await;
+                    amqp.close().await;
+                    status?
+                }
+                None => control::status(&control).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -239,13 +302,48 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-async fn run_host(args: HostArgs, control_path: PathBuf) -> Result<()> {
-    info!("no AMQP URL configured: using the embedded in-process broker (messages do not survive a restart)");
-    let host = Host::new(args.config(), Arc::new(MemoryBroker::new()))?;
+/// Queue health straight from RabbitMQ, for the agents of a plugins folder
+/// plus any named ones (AMQP cannot list queues).
+async fn amqp_status(amqp: &AmqpBroker, plugins: &Path, agents: &[String]) -> Result<Status> {
+    let mut names_seen: Vec<String> = agents.iter().map(|a| names::normalise(a)).collect();
+    if plugins.is_dir() {
+        for file in registry::plugin_files(plugins)? {
+            if let Ok(name) = names::from_path(&file) {
+                names_seen.push(name);
+            }
+        }
+    }
+    if names_seen.is_empty() {
+        anyhow::bail!("no agents to report: pass --plugins DIR or --agent NAME");
+    }
+    amqp.watch_agents(names_seen);
+    Ok(Status {
+        broker: amqp.describe(),
+        agents: amqp.stats().await?.into_iter().map(AgentStatus::remote).collect(),
+    })
+}
+
+async fn run_host(args: HostArgs, broker: BrokerArgs, control_path: PathBuf) -> Result<()> {
+    let amqp = broker.connect().await?;
+    let broker: Arc<dyn Broker> = match &amqp {
+        Some(amqp) => Arc::new(amqp.clone()),
+        None => {
+            info!("no AMQP URL configured (--amqp-url / WARREN_AMQP_URL): using the embedded in-process broker (messages do not survive a restart)");
+            Arc::new(MemoryBroker::new())
+        }
+    };
+    info!("broker: {}", broker.describe());
+    let host = Host::new(args.config(), broker)?;
     let loaded = host.load_dir(&args.plugins).await?;
     info!("hosting {} agents from {}: {}", loaded.len(), args.plugins.display(), loaded.join(", "));
     let stop = CancellationToken::new();
-    let mut server = tokio::spawn(control::serve(host.clone(), control_path, stop.clone()));
+    // With RabbitMQ, `send` and `status` talk to the broker; the control socket
+    // is only how they reach an embedded broker inside this process.
+    let embedded = amqp.is_none();
+    let mut server = match amqp {
+        Some(_) => tokio::spawn(async { std::future::pending::<Result<()>>().await }),
+        None => tokio::spawn(control::serve(host.clone(), control_path, stop.clone())),
+    };
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         r = wait_terminate() => r?,
@@ -258,7 +356,11 @@ async fn run_host(args: HostArgs, control_path: PathBuf) -> Result<()> {
     info!("shutting down: finishing in-flight messages");
     stop.cancel();
     host.shutdown().await;
-    server.await.context("control server task")??;
+    if embedded {
+        server.await.context("control server task")??;
+    } else {
+        server.abort();
+    }
     Ok(())
 }
 

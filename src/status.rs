@@ -61,6 +61,21 @@ impl AgentStatus {
         }
     }
 
+    /// A queue seen from outside any host (RabbitMQ, `warren status`).
+    pub fn remote(queue: QueueStats) -> Self {
+        AgentStatus {
+            queue,
+            version: None,
+            file: None,
+            loaded_at: None,
+            calls: 0,
+            failures: 0,
+            traps: 0,
+            guest_ms: 0.0,
+            error: None,
+        }
+    }
+
     /// A plugin that never loaded and so has no queue yet.
     pub fn failed(error: PluginError) -> Self {
         let queue = QueueStats {

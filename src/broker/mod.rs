@@ -11,6 +11,7 @@
 //!   (kept in the agent's dead-letter queue with the reason);
 //! - a delivery dropped unsettled (a crashed worker) goes back to its queue.
 
+pub mod amqp;
 pub mod memory;
 
 use std::collections::BTreeMap;
@@ -204,4 +205,7 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The messages in an agent's dead-letter queue (oldest first), left in place.
     async fn dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>>;
+
+    /// Closes the connection cleanly, once in-flight work is settled.
+    async fn close(&self) {}
 }

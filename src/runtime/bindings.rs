@@ -8,9 +8,9 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use warren::agent::host::Level;
+pub use self::warren::agent::host::Level;
 // The world `use`s message, outgoing and failure, so bindgen puts them at the top.
-pub use warren::agent::types::{ChatMessage, Destination};
+pub use self::warren::agent::types::{ChatMessage, Destination};
 
 /// The fully-qualified name of the world, for error messages.
 pub const WORLD: &str = "warren:agent/agent@0.1.0";

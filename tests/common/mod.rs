@@ -2,6 +2,8 @@
 //! folder, and waiting for dispatch events.
 #![allow(dead_code)]
 
+pub mod rabbit;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use warren::dispatch::{DispatchConfig, Event};
 use warren::runtime::{InstanceMode, RuntimeConfig};
-use warren::{Host, HostConfig, MemoryBroker};
+use warren::{Broker, Host, HostConfig, MemoryBroker};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -63,7 +65,7 @@ pub fn plugins_dir(guests: &[&str]) -> tempfile::TempDir {
 
 pub struct TestHost {
     pub host: Arc<Host>,
-    pub broker: Arc<MemoryBroker>,
+    pub broker: Arc<dyn Broker>,
     pub events: broadcast::Receiver<Event>,
     pub dir: tempfile::TempDir,
 }
@@ -78,7 +80,15 @@ pub async fn start_with(guests: &[&str], runtime: RuntimeConfig, dispatch: Dispa
 }
 
 pub async fn start_in(dir: tempfile::TempDir, runtime: RuntimeConfig, dispatch: DispatchConfig) -> TestHost {
-    let broker = Arc::new(MemoryBroker::new());
+    start_on(Arc::new(MemoryBroker::new()), dir, runtime, dispatch).await
+}
+
+pub async fn start_on(
+    broker: Arc<dyn Broker>,
+    dir: tempfile::TempDir,
+    runtime: RuntimeConfig,
+    dispatch: DispatchConfig,
+) -> TestHost {
     let host = Host::new(HostConfig { runtime, dispatch }, broker.clone()).unwrap();
     let events = host.events();
     host.load_dir(dir.path()).await.unwrap();
