@@ -15,5 +15,8 @@ if [ "${WARREN_SKIP_GUEST_BUILD:-0}" != 1 ]; then
   scripts/build-guests.sh
 fi
 
+echo "== RabbitMQ on 127.0.0.1:5672"
+scripts/ensure-rabbitmq.sh
+
 echo "== cargo test"
 cargo test --locked "$@"

@@ -228,7 +228,8 @@ async fn retry_backs_off_through_delay_queues_then_dead_letters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_recovers_from_close_all_connections_and_loses_nothing() {
     let vh = Vhost::new();
-    let t = host(&vh, &["agent_a", "agent_b"], fast_dispatch()).await;
+    let amqp = AmqpBroker::connect(AmqpConfig::new(vh.url())).await.unwrap();
+    let t = start_on(Arc::new(amqp.clone()), plugins_dir(&["agent_a", "agent_b"]), runtime_config(InstanceMode::Reuse), fast_dispatch()).await;
     let (conn, ch) = plain_client(&vh).await;
     declare_plain_queue(&ch, "test_replies").await;
     let ids = publish_many(&ch, "agent_a", 5_000, "test_replies", "I want to talk to agent B.").await;
@@ -253,6 +254,7 @@ async fn host_recovers_from_close_all_connections_and_loses_nothing() {
     }
     // Duplicates may only be redeliveries of the same id: no unknown ids.
     assert_eq!(seen.len(), ids.len());
+    assert!(amqp.recoveries() > 0, "the cut happened mid-run and the host rode it out");
     wait_until_empty(&t, &["agent_a", "agent_b"]).await;
     let stats = t.broker.stats().await.unwrap();
     assert!(stats.iter().all(|s| s.consumer_count == 2 && s.dead_letter_count == 0), "{stats:?}");
@@ -280,4 +282,83 @@ async fn two_hosts_share_the_queues() {
     assert!(ca > 0 && cb > 0, "both hosts worked: {ca} + {cb}");
     a.host.shutdown().await;
     b.host.shutdown().await;
+}
+
+#[test]
+fn cli_run_send_status_over_rabbitmq_never_print_the_password() {
+    use std::process::{Command, Stdio};
+    let vh = Vhost::new();
+    let warren = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+        c.current_dir(root()).env("WARREN_CACHE_DIR", cache_dir()).env("WARREN_AMQP_URL", vh.url()).env_remove("RUST_LOG");
+        c
+    };
+    let host = warren().args(["run", "--plugins", "plugins", "--consumers", "2"]).stderr(Stdio::piped()).spawn().unwrap();
+    let result = std::panic::catch_unwind(|| {
+        // The host is up once its agents' queues have consumers.
+        let mut status = serde_json::Value::Null;
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            let out = warren().args(["status", "--json"]).output().unwrap();
+            if out.status.success() {
+                status = serde_json::from_slice(&out.stdout).unwrap();
+                if status["agents"].as_array().unwrap().iter().all(|a| a["consumer_count"] == 2) {
+                    break;
+                }
+            }
+        }
+        let agents = status["agents"].as_array().expect("status answered");
+        assert_eq!(agents.len(), 3, "{status}");
+        for a in agents {
+            assert_eq!(a["status"], "active", "{a}");
+            assert_eq!(a["consumer_count"], 2, "{a}");
+            assert_eq!(a["routing_key"], format!("agent.{}", a["agent"].as_str().unwrap()));
+        }
+        assert!(status["broker"].as_str().unwrap().contains("guest:***@"), "{status}");
+
+        let out = warren()
+            .args(["send", "Agent A", "I want to talk to agent B.", "--context", r#"{"user":"ida"}"#, "--wait", "--timeout", "20"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("agent_b: Hello ida"));
+
+        // An unknown agent (--agent) shows as missing; the table has the seed's columns.
+        let out = warren().args(["status", "--agent", "ghost"]).output().unwrap();
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.contains("agent_ghost_queue") && table.contains("missing"), "{table}");
+        assert!(table.contains("message_count") && table.contains("consumer_count"), "{table}");
+    });
+    let _ = Command::new("kill").args(["-TERM", &host.id().to_string()]).status();
+    let out = host.wait_with_output().unwrap();
+    result.unwrap();
+    assert!(out.status.success(), "graceful shutdown: {}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("connected to RabbitMQ at amqp://guest:***@"), "{log}");
+    assert!(!log.contains("guest:guest"), "the password leaked into the log: {log}");
+
+    // A wrong password: a clear error, still redacted.
+    let bad = format!("amqp://guest:wrong-secret@{}/{}", common::rabbit::ADDR, vh.name);
+    let out = warren().env("WARREN_AMQP_URL", &bad).args(["status", "--recovery-timeout", "1"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to RabbitMQ at amqp://guest:***@"), "{err}");
+    assert!(!err.contains("wrong-secret"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_and_idempotent_redeclaration() {
+    let vh = Vhost::new();
+    let config = AmqpConfig { queue_type: warren::broker::amqp::QueueType::Quorum, ..AmqpConfig::new(vh.url()) };
+    let quorum: Arc<dyn Broker> = Arc::new(AmqpBroker::connect(config).await.unwrap());
+    let t = start_on(quorum.clone(), plugins_dir(&["echo"]), runtime_config(InstanceMode::Reuse), fast_dispatch()).await;
+    // Declaring again (a restart) is fine.
+    quorum.declare_agent("echo").await.unwrap();
+    let r = client::send(quorum.as_ref(), "echo", "ping", Default::default(), Some(Duration::from_secs(20))).await.unwrap();
+    assert_eq!(r.reply.unwrap().text, "ping");
+    // A classic declaration of the same queue is refused with a clear reason.
+    let classic = AmqpBroker::connect(AmqpConfig::new(vh.url())).await.unwrap();
+    let e = classic.declare_agent("echo").await.unwrap_err();
+    assert!(format!("{e:#}").contains("already exists with other arguments"), "{e:#}");
+    t.host.shutdown().await;
 }

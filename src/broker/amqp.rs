@@ -127,6 +127,8 @@ struct Inner {
     /// Delay queues already declared by this process.
     delay_queues: Mutex<BTreeSet<String>>,
     seq: AtomicU64,
+    /// Times an operation waited for a connection recovery (and got it).
+    recoveries: AtomicU64,
 }
 
 impl AmqpBroker {
@@ -164,6 +166,7 @@ impl AmqpBroker {
                 agents: Mutex::new(BTreeSet::new()),
                 delay_queues: Mutex::new(BTreeSet::new()),
                 seq: AtomicU64::new(0),
+                recoveries: AtomicU64::new(0),
             }),
         })
     }
@@ -176,6 +179,11 @@ impl AmqpBroker {
 
     pub fn config(&self) -> &AmqpConfig {
         &self.inner.config
+    }
+
+    /// How many times a publish or a consumer rode out a connection recovery.
+    pub fn recoveries(&self) -> u64 {
+        self.inner.recoveries.load(Ordering::Relaxed)
     }
 
 }
@@ -262,7 +270,10 @@ impl Inner {
 
     async fn wait_for_recovery(&self, channel: &Channel, error: lapin::Error, deadline: tokio::time::Instant) -> Result<()> {
         match tokio::time::timeout_at(deadline, channel.wait_for_recovery(error)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.recoveries.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             Ok(Err(e)) => bail!("RabbitMQ connection to {} lost and not recoverable: {e}", self.redacted),
             Err(_) => bail!(
                 "RabbitMQ connection to {} did not recover within {:?}",
