@@ -39,7 +39,12 @@ pub async fn send(
 ) -> Result<SendOutcome> {
     let agent = check_agent_name(agent)?;
     let mut replies = match wait {
-        Some(_) => Some(broker.reply_queue().await.context("declaring a reply queue")?),
+        Some(_) => Some(
+            broker
+                .reply_queue()
+                .await
+                .context("declaring a reply queue")?,
+        ),
         None => None,
     };
     let envelope = user_envelope(text, context, replies.as_ref().map(|(q, _)| q.clone()));
@@ -52,7 +57,11 @@ pub async fn send(
             None => e.context(format!("publishing to agent `{agent}`")),
         })?;
     let (Some(timeout), Some((_, consumer))) = (wait, replies.as_mut()) else {
-        return Ok(SendOutcome { id, agent, reply: None });
+        return Ok(SendOutcome {
+            id,
+            agent,
+            reply: None,
+        });
     };
     let wait_for_reply = async {
         while let Some(delivery) = consumer.next().await {
@@ -66,7 +75,11 @@ pub async fn send(
                 id: delivery.envelope.id.clone(),
                 from: delivery.envelope.sender.clone(),
                 hops: delivery.envelope.hops,
-                text: body.messages.last().map(|m| m.content.clone()).unwrap_or_default(),
+                text: body
+                    .messages
+                    .last()
+                    .map(|m| m.content.clone())
+                    .unwrap_or_default(),
                 body,
             };
             delivery.ack().await?;
@@ -75,7 +88,11 @@ pub async fn send(
         bail!("the reply queue closed before a reply came")
     };
     match tokio::time::timeout(timeout, wait_for_reply).await {
-        Ok(reply) => Ok(SendOutcome { id, agent, reply: Some(reply?) }),
+        Ok(reply) => Ok(SendOutcome {
+            id,
+            agent,
+            reply: Some(reply?),
+        }),
         Err(_) => bail!(
             "no reply to message {id} from `{agent}` within {:.1}s: see `warren status` (dead letters, consumers)",
             timeout.as_secs_f64()

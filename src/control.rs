@@ -60,11 +60,15 @@ pub async fn serve(host: Arc<Host>, path: PathBuf, shutdown: CancellationToken) 
                 path.display()
             );
         }
-        std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("binding control socket {}", path.display()))?;
-    info!("control socket: {} (warren send / warren status reach this host there)", path.display());
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    info!(
+        "control socket: {} (warren send / warren status reach this host there)",
+        path.display()
+    );
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -96,7 +100,12 @@ async fn answer(host: Arc<Host>, stream: UnixStream) -> Result<()> {
             Ok(s) => Response::Status(s),
             Err(e) => Response::Error(format!("{e:#}")),
         },
-        Ok(Request::Send { agent, text, context, wait_ms }) => {
+        Ok(Request::Send {
+            agent,
+            text,
+            context,
+            wait_ms,
+        }) => {
             let wait = wait_ms.map(Duration::from_millis);
             match client::send(host.broker().as_ref(), &agent, &text, context, wait).await {
                 Ok(outcome) => Response::Sent(outcome),
@@ -125,9 +134,17 @@ async fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Respon
     let mut answer = String::new();
     tokio::time::timeout(timeout, reader.read_line(&mut answer))
         .await
-        .map_err(|_| anyhow::anyhow!("the warren host at {} did not answer within {timeout:?}", path.display()))??;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the warren host at {} did not answer within {timeout:?}",
+                path.display()
+            )
+        })??;
     if answer.is_empty() {
-        bail!("the warren host at {} closed the connection without answering", path.display());
+        bail!(
+            "the warren host at {} closed the connection without answering",
+            path.display()
+        );
     }
     Ok(serde_json::from_str(&answer).context("bad answer from the host")?)
 }

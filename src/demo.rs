@@ -32,12 +32,32 @@ pub async fn run(plugins: &Path, config: HostConfig, out: &mut impl Write) -> Re
             );
         }
     }
-    writeln!(out, "warren demo: {} agents loaded from {} ({})", loaded.len(), plugins.display(), loaded.join(", "))?;
+    writeln!(
+        out,
+        "warren demo: {} agents loaded from {} ({})",
+        loaded.len(),
+        plugins.display(),
+        loaded.join(", ")
+    )?;
     let mut events = host.events();
-    let context = json!({ "user": "alice" }).as_object().cloned().unwrap_or_default();
-    writeln!(out, "\nuser → agent_a: \"{PROMPT}\"  context_variables={}", serde_json::Value::Object(context.clone()))?;
+    let context = json!({ "user": "alice" })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "\nuser → agent_a: \"{PROMPT}\"  context_variables={}",
+        serde_json::Value::Object(context.clone())
+    )?;
 
-    let outcome = client::send(host.broker().as_ref(), "agent_a", PROMPT, context, Some(Duration::from_secs(30))).await;
+    let outcome = client::send(
+        host.broker().as_ref(),
+        "agent_a",
+        PROMPT,
+        context,
+        Some(Duration::from_secs(30)),
+    )
+    .await;
 
     // Print the hops in the order they happened.
     loop {
@@ -63,18 +83,34 @@ pub async fn run(plugins: &Path, config: HostConfig, out: &mut impl Write) -> Re
 
 fn print_event(out: &mut impl Write, event: &Event) -> Result<()> {
     match event {
-        Event::Handled { agent, version, outgoing, .. } => {
+        Event::Handled {
+            agent,
+            version,
+            outgoing,
+            ..
+        } => {
             for sent in outgoing {
                 let what = match sent.to.strip_prefix("agent.") {
                     Some(next) => format!("hands off to {next}"),
                     None => "replies to the user".to_string(),
                 };
-                writeln!(out, "  {agent} (version {version}) {what}: \"{}\"", sent.text)?;
+                writeln!(
+                    out,
+                    "  {agent} (version {version}) {what}: \"{}\"",
+                    sent.text
+                )?;
             }
         }
-        Event::Retrying { agent, id, attempt, reason, .. } => {
-            writeln!(out, "  {agent}: message {id} attempt {attempt} will be retried: {reason}")?
-        }
+        Event::Retrying {
+            agent,
+            id,
+            attempt,
+            reason,
+            ..
+        } => writeln!(
+            out,
+            "  {agent}: message {id} attempt {attempt} will be retried: {reason}"
+        )?,
         Event::DeadLettered { agent, id, reason } => {
             writeln!(out, "  {agent}: message {id} dead-lettered: {reason}")?
         }

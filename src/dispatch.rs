@@ -25,7 +25,9 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::broker::{Broker, Consumer, Delivery, Envelope, HEADER_AGENT_VERSION, Route, Unroutable};
+use crate::broker::{
+    Broker, Consumer, Delivery, Envelope, HEADER_AGENT_VERSION, Route, Unroutable,
+};
 use crate::names;
 use crate::registry::Registry;
 use crate::runtime::{ChatMessage, Destination, Failure, Message, Outgoing};
@@ -200,7 +202,10 @@ impl Dispatcher {
             Verdict::DeadLetter(reason) => self.dead_letter(agent, delivery, reason).await,
         };
         if let Err(e) = settled {
-            warn!(agent, id, "settling the message failed (it will be redelivered): {e:#}");
+            warn!(
+                agent,
+                id, "settling the message failed (it will be redelivered): {e:#}"
+            );
         }
     }
 
@@ -293,7 +298,13 @@ impl Dispatcher {
         }
         let delay = backoff(&self.config, attempt);
         let id = delivery.envelope.id.clone();
-        info!(agent, id, attempt, delay_ms = delay.as_millis() as u64, "retrying: {reason}");
+        info!(
+            agent,
+            id,
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            "retrying: {reason}"
+        );
         delivery.retry(delay, &reason).await?;
         self.emit(Event::Retrying {
             agent: agent.into(),
@@ -401,9 +412,12 @@ fn plan_one(
             names::validate(&to).context("bad destination")?;
             Route::Agent(to)
         }
-        Destination::Reply => {
-            Route::Queue(input.reply_to.clone().unwrap_or_else(|| REPLIES_QUEUE.into()))
-        }
+        Destination::Reply => Route::Queue(
+            input
+                .reply_to
+                .clone()
+                .unwrap_or_else(|| REPLIES_QUEUE.into()),
+        ),
     };
     let context_variables = match out.context {
         Some(text) => wire::parse_context(&text)?,
@@ -472,7 +486,11 @@ pub fn backoff(config: &DispatchConfig, attempt: u32) -> Duration {
 }
 
 /// Builds a user's first message, as `warren send` and the seed's `client.run` do.
-pub fn user_envelope(text: &str, context: serde_json::Map<String, serde_json::Value>, reply_to: Option<String>) -> Envelope {
+pub fn user_envelope(
+    text: &str,
+    context: serde_json::Map<String, serde_json::Value>,
+    reply_to: Option<String>,
+) -> Envelope {
     let id = new_id();
     Envelope {
         conversation_id: id.clone(),
@@ -495,7 +513,6 @@ pub fn check_agent_name(agent: &str) -> Result<String> {
     }
     Ok(name)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -74,7 +74,9 @@ impl Host {
     /// Loads every plugin in `dir`. A file that fails is logged and shown in
     /// status; the others load regardless. Returns the names loaded.
     pub async fn load_dir(&self, dir: &Path) -> Result<Vec<String>> {
-        self.broker.declare_queue(crate::dispatch::REPLIES_QUEUE).await?;
+        self.broker
+            .declare_queue(crate::dispatch::REPLIES_QUEUE)
+            .await?;
         let mut loaded = Vec::new();
         for path in registry::plugin_files(dir)? {
             match self.load_plugin(&path).await {
@@ -141,7 +143,10 @@ impl Host {
                 token.clone(),
             ));
         }
-        self.consumers.lock().unwrap().insert(agent.to_string(), token);
+        self.consumers
+            .lock()
+            .unwrap()
+            .insert(agent.to_string(), token);
         Ok(())
     }
 
@@ -182,7 +187,10 @@ impl Host {
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "in-flight messages did not finish within {SHUTDOWN_GRACE:?}; they stay unacked and will be redelivered"
             );

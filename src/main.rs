@@ -12,8 +12,8 @@ use tracing::info;
 
 use warren::broker::amqp::{AmqpBroker, AmqpConfig, QueueType};
 use warren::dispatch::DispatchConfig;
-use warren::status::{AgentStatus, Status};
 use warren::runtime::{InstanceMode, RuntimeConfig};
+use warren::status::{AgentStatus, Status};
 use warren::{Broker, Host, HostConfig, MemoryBroker, client, control, names, registry, wire};
 
 /// Run AI/automation agents as sandboxed WebAssembly components, connected
@@ -130,13 +130,15 @@ struct BrokerArgs {
 
 impl BrokerArgs {
     async fn connect(&self) -> Result<Option<AmqpBroker>> {
-        let Some(url) = &self.amqp_url else { return Ok(None) };
+        let Some(url) = &self.amqp_url else {
+            return Ok(None);
+        };
         let config = AmqpConfig {
-            url: url.clone(),
             exchange: self.exchange.clone(),
             prefetch: self.prefetch,
             queue_type: self.queue_type,
             recovery_timeout: Duration::from_secs(self.recovery_timeout),
+            ..AmqpConfig::new(url.clone())
         };
         Ok(Some(AmqpBroker::connect(config).await?))
     }
@@ -194,7 +196,9 @@ impl RuntimeArgs {
         let cache_dir = if self.no_cache {
             None
         } else {
-            self.cache_dir.clone().or_else(warren::runtime::cache::CompileCache::default_dir)
+            self.cache_dir
+                .clone()
+                .or_else(warren::runtime::cache::CompileCache::default_dir)
         };
         RuntimeConfig {
             cache_dir,
@@ -238,8 +242,18 @@ fn init_logging(filter: Option<&str>, default: &str) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Test { .. } | Command::Send { .. } | Command::Status { .. });
-    init_logging(cli.log.as_deref(), if quiet { "warn,warren::guest=info" } else { "info" });
+    let quiet = matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Test { .. } | Command::Send { .. } | Command::Status { .. }
+    );
+    init_logging(
+        cli.log.as_deref(),
+        if quiet {
+            "warn,warren::guest=info"
+        } else {
+            "info"
+        },
+    );
     match run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -251,8 +265,21 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Run { host, broker, control } => run_host(host, broker, control).await,
-        Command::Send { agent, text, context, wait, timeout, json, control, broker } => {
+        Command::Run {
+            host,
+            broker,
+            control,
+        } => run_host(host, broker, control).await,
+        Command::Send {
+            agent,
+            text,
+            context,
+            wait,
+            timeout,
+            json,
+            control,
+            broker,
+        } => {
             let context = wire::parse_context(&context).context("--context")?;
             let wait = wait.then(|| Duration::from_secs_f64(timeout));
             let outcome = match broker.connect().await? {
@@ -273,7 +300,13 @@ async fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Status { json, control, broker, plugins, agents } => {
+        Command::Status {
+            json,
+            control,
+            broker,
+            plugins,
+            agents,
+        } => {
             let status = match broker.connect().await? {
                 Some(amqp) => {
                     let status = amqp_status(&amqp, &plugins, &agents).await;
@@ -289,16 +322,29 @@ async fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Test { plugin, input, runtime } => {
+        Command::Test {
+            plugin,
+            input,
+            runtime,
+        } => {
             let reader: Box<dyn BufRead> = match input {
                 Some(p) if p.as_os_str() != "-" => Box::new(BufReader::new(
                     std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?,
                 )),
                 _ => Box::new(BufReader::new(std::io::stdin())),
             };
-            warren::testbench::run(&plugin, reader, &mut std::io::stdout(), &mut std::io::stderr(), runtime.config()).await
+            warren::testbench::run(
+                &plugin,
+                reader,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+                runtime.config(),
+            )
+            .await
         }
-        Command::Demo { host } => warren::demo::run(&host.plugins, host.config(), &mut std::io::stdout()).await,
+        Command::Demo { host } => {
+            warren::demo::run(&host.plugins, host.config(), &mut std::io::stdout()).await
+        }
     }
 }
 
@@ -319,7 +365,12 @@ async fn amqp_status(amqp: &AmqpBroker, plugins: &Path, agents: &[String]) -> Re
     amqp.watch_agents(names_seen);
     Ok(Status {
         broker: amqp.describe(),
-        agents: amqp.stats().await?.into_iter().map(AgentStatus::remote).collect(),
+        agents: amqp
+            .stats()
+            .await?
+            .into_iter()
+            .map(AgentStatus::remote)
+            .collect(),
     })
 }
 
@@ -328,14 +379,21 @@ async fn run_host(args: HostArgs, broker: BrokerArgs, control_path: PathBuf) -> 
     let broker: Arc<dyn Broker> = match &amqp {
         Some(amqp) => Arc::new(amqp.clone()),
         None => {
-            info!("no AMQP URL configured (--amqp-url / WARREN_AMQP_URL): using the embedded in-process broker (messages do not survive a restart)");
+            info!(
+                "no AMQP URL configured (--amqp-url / WARREN_AMQP_URL): using the embedded in-process broker (messages do not survive a restart)"
+            );
             Arc::new(MemoryBroker::new())
         }
     };
     info!("broker: {}", broker.describe());
     let host = Host::new(args.config(), broker)?;
     let loaded = host.load_dir(&args.plugins).await?;
-    info!("hosting {} agents from {}: {}", loaded.len(), args.plugins.display(), loaded.join(", "));
+    info!(
+        "hosting {} agents from {}: {}",
+        loaded.len(),
+        args.plugins.display(),
+        loaded.join(", ")
+    );
     let stop = CancellationToken::new();
     // With RabbitMQ, `send` and `status` talk to the broker; the control socket
     // is only how they reach an embedded broker inside this process.

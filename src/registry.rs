@@ -79,8 +79,8 @@ pub async fn load_plugin(runtime: &Arc<Runtime>, path: &Path) -> Result<Arc<Agen
 /// The plugin files in a folder: `*.wasm`, sorted; hidden and temp files skipped.
 pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for entry in
-        std::fs::read_dir(dir).with_context(|| format!("reading plugins folder {}", dir.display()))?
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("reading plugins folder {}", dir.display()))?
     {
         let path = entry?.path();
         if is_plugin_file(&path) {

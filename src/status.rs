@@ -37,7 +37,11 @@ pub struct AgentStatus {
 }
 
 impl AgentStatus {
-    pub fn new(mut queue: QueueStats, pool: Option<&AgentPool>, error: Option<PluginError>) -> Self {
+    pub fn new(
+        mut queue: QueueStats,
+        pool: Option<&AgentPool>,
+        error: Option<PluginError>,
+    ) -> Self {
         if pool.is_none() {
             queue.status = "not loaded".into();
         }
@@ -51,7 +55,9 @@ impl AgentStatus {
         AgentStatus {
             version: pool.map(|p| p.version().to_string()),
             file: pool.map(|p| p.module().source.display().to_string()),
-            loaded_at: pool.and_then(|p| p.module().loaded_at.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            loaded_at: pool
+                .and_then(|p| p.module().loaded_at.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
             calls: counter(|s| &s.calls),
             failures: counter(|s| &s.failures),
             traps: counter(|s| &s.traps),
@@ -102,8 +108,16 @@ impl Status {
         let mut out = String::new();
         let _ = writeln!(out, "broker: {}", self.broker);
         let header = [
-            "queue", "routing_key", "message_count", "consumer_count", "unacked", "delayed",
-            "dead", "version", "calls", "status",
+            "queue",
+            "routing_key",
+            "message_count",
+            "consumer_count",
+            "unacked",
+            "delayed",
+            "dead",
+            "version",
+            "calls",
+            "status",
         ];
         let rows: Vec<[String; 10]> = self
             .agents

@@ -61,7 +61,11 @@ pub async fn run(
             }
             Err(e) => {
                 failed += 1;
-                writeln!(err, "agent `{agent}` failed on message {id} (input line {}): {e:#}", n + 1)?;
+                writeln!(
+                    err,
+                    "agent `{agent}` failed on message {id} (input line {}): {e:#}",
+                    n + 1
+                )?;
             }
         }
     }
@@ -89,7 +93,11 @@ fn render(p: &Planned) -> serde_json::Value {
 }
 
 /// Convenience for embedding: run against in-memory input, return stdout lines.
-pub async fn run_lines(plugin: &Path, input: &str, config: RuntimeConfig) -> Result<Vec<serde_json::Value>> {
+pub async fn run_lines(
+    plugin: &Path,
+    input: &str,
+    config: RuntimeConfig,
+) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let result = run(plugin, input.as_bytes(), &mut out, &mut err, config).await;
@@ -101,4 +109,3 @@ pub async fn run_lines(plugin: &Path, input: &str, config: RuntimeConfig) -> Res
         .map(|l| serde_json::from_str(l).context("output line"))
         .collect()
 }
-

@@ -60,7 +60,10 @@ impl Body {
             && !cv.is_object()
             && !cv.is_null()
         {
-            bail!("`context_variables` must be a JSON object (found {})", kind(cv));
+            bail!(
+                "`context_variables` must be a JSON object (found {})",
+                kind(cv)
+            );
         }
         serde_json::from_value(value).context("body does not match the message format")
     }

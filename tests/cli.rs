@@ -9,7 +9,9 @@ use common::*;
 
 fn warren() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
-    c.current_dir(root()).env("WARREN_CACHE_DIR", cache_dir()).env_remove("RUST_LOG");
+    c.current_dir(root())
+        .env("WARREN_CACHE_DIR", cache_dir())
+        .env_remove("RUST_LOG");
     c
 }
 
@@ -29,7 +31,11 @@ fn warren_test_prints_agent_a_handoff_for_the_seed_sample() {
         .write_all(br#"{"messages":[{"role":"user","content":"I want to talk to agent B."}],"context_variables":{"user":"alice"}}"#)
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["to"]["agent"], "agent_b");
     assert_eq!(line["context_variables"]["user"], "alice");
@@ -38,14 +44,26 @@ fn warren_test_prints_agent_a_handoff_for_the_seed_sample() {
 #[test]
 fn warren_test_exits_non_zero_with_the_failure() {
     let input = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(input.path(), "{\"messages\":[{\"role\":\"user\",\"content\":\"trap\"}]}\n").unwrap();
+    std::fs::write(
+        input.path(),
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"trap\"}]}\n",
+    )
+    .unwrap();
     let out = warren()
-        .args(["test", guest("chaos").to_str().unwrap(), "--input", input.path().to_str().unwrap()])
+        .args([
+            "test",
+            guest("chaos").to_str().unwrap(),
+            "--input",
+            input.path().to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("agent `chaos` failed on message test-1"), "{err}");
+    assert!(
+        err.contains("agent `chaos` failed on message test-1"),
+        "{err}"
+    );
     assert!(err.contains("trap"), "{err}");
 }
 
@@ -53,11 +71,18 @@ fn warren_test_exits_non_zero_with_the_failure() {
 fn warren_demo_shows_the_handoff_and_the_answer() {
     let out = warren().arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("user → agent_a"), "{stdout}");
     assert!(stdout.contains("agent_a (version"), "{stdout}");
     assert!(stdout.contains("hands off to agent_b"), "{stdout}");
-    assert!(stdout.contains("answer from agent_b after 2 hops: \"Hello alice"), "{stdout}");
+    assert!(
+        stdout.contains("answer from agent_b after 2 hops: \"Hello alice"),
+        "{stdout}"
+    );
     assert!(stdout.contains("agent_agent_b_queue"), "{stdout}");
 }
 
@@ -65,7 +90,11 @@ fn warren_demo_shows_the_handoff_and_the_answer() {
 fn send_and_status_without_a_host_say_what_they_need() {
     let sock = tempfile::tempdir().unwrap().path().join("none.sock");
     for args in [vec!["status"], vec!["send", "agent_a", "hi"]] {
-        let out = warren().args(&args).env("WARREN_CONTROL", &sock).output().unwrap();
+        let out = warren()
+            .args(&args)
+            .env("WARREN_CONTROL", &sock)
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("no warren host is reachable"), "{err}");
@@ -90,29 +119,64 @@ fn run_send_status_across_processes() {
     let result = std::panic::catch_unwind(|| {
         assert!(ready, "the host did not open its control socket");
         let out = warren()
-            .args(["send", "Agent A", "I want to talk to agent B.", "--context", r#"{"user":"hal"}"#, "--wait", "--timeout", "10"])
+            .args([
+                "send",
+                "Agent A",
+                "I want to talk to agent B.",
+                "--context",
+                r#"{"user":"hal"}"#,
+                "--wait",
+                "--timeout",
+                "10",
+            ])
             .env("WARREN_CONTROL", &sock)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.starts_with("agent_b: Hello hal"), "{stdout}");
-        let out = warren().args(["status", "--json"]).env("WARREN_CONTROL", &sock).output().unwrap();
+        let out = warren()
+            .args(["status", "--json"])
+            .env("WARREN_CONTROL", &sock)
+            .output()
+            .unwrap();
         assert!(out.status.success());
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let names: Vec<&str> = status["agents"].as_array().unwrap().iter().map(|a| a["queue"].as_str().unwrap()).collect();
-        assert_eq!(names, ["agent_agent_a_queue", "agent_agent_b_queue", "agent_echo_queue"]);
+        let names: Vec<&str> = status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["queue"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "agent_agent_a_queue",
+                "agent_agent_b_queue",
+                "agent_echo_queue"
+            ]
+        );
     });
     // SIGTERM: graceful shutdown.
     unsafe_kill_term(host.id());
     let out = host.wait_with_output().unwrap();
     result.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("embedded in-process broker"), "{log}");
     assert!(!sock.exists());
 }
 
 fn unsafe_kill_term(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }

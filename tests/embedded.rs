@@ -42,15 +42,23 @@ async fn handoff_from_agent_a_to_agent_b_comes_back_answered() {
     assert_eq!(reply.body.context_variables["user"], "alice");
     assert_eq!(reply.body.context_variables["triaged_by"], "agent_a");
     // The conversation carried the whole history.
-    let roles: Vec<&str> = reply.body.messages.iter().map(|m| m.role.as_str()).collect();
+    let roles: Vec<&str> = reply
+        .body
+        .messages
+        .iter()
+        .map(|m| m.role.as_str())
+        .collect();
     assert_eq!(roles, ["user", "assistant", "assistant"]);
 
     // Agent A's hop went to agent B's routing key, tagged with A's version.
     let (to, version) = t
         .wait_for(|e| match e {
-            Event::Handled { agent, outgoing, version, .. } if agent == "agent_a" => {
-                Some((outgoing[0].to.clone(), version.clone()))
-            }
+            Event::Handled {
+                agent,
+                outgoing,
+                version,
+                ..
+            } if agent == "agent_a" => Some((outgoing[0].to.clone(), version.clone())),
             _ => None,
         })
         .await;
@@ -58,9 +66,15 @@ async fn handoff_from_agent_a_to_agent_b_comes_back_answered() {
     assert_eq!(version.len(), 12);
 
     // Without a handoff request agent A answers by itself.
-    let outcome = client::send(t.broker.as_ref(), "agent_a", "hello", Default::default(), Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let outcome = client::send(
+        t.broker.as_ref(),
+        "agent_a",
+        "hello",
+        Default::default(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome.reply.unwrap().from.as_deref(), Some("agent_a"));
 }
 
@@ -79,21 +93,39 @@ async fn seed_body_with_extra_keys_is_accepted() {
         ..Default::default()
     };
     t.host.publish("agent_b", env).await.unwrap();
-    let d = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), replies.next())
+        .await
+        .unwrap()
+        .unwrap();
     let body = warren::wire::Body::decode(&d.envelope.body).unwrap();
     assert!(body.messages.last().unwrap().content.contains("Hello bob"));
     // `from_agent` in the body is the sender when no header says otherwise.
-    assert!(body.messages.last().unwrap().content.contains("Agent A sent you over"));
+    assert!(
+        body.messages
+            .last()
+            .unwrap()
+            .content
+            .contains("Agent A sent you over")
+    );
     assert_eq!(d.envelope.conversation_id, "seed-1");
 }
 
 #[tokio::test]
 async fn non_json_body_is_dead_lettered_with_reason() {
     let mut t = start(&["agent_a"]).await;
-    let env = Envelope { id: "bad-1".into(), conversation_id: "bad-1".into(), attempt: 1, body: b"not json at all".to_vec(), ..Default::default() };
+    let env = Envelope {
+        id: "bad-1".into(),
+        conversation_id: "bad-1".into(),
+        attempt: 1,
+        body: b"not json at all".to_vec(),
+        ..Default::default()
+    };
     t.host.publish("agent_a", env).await.unwrap();
     let reason = t.dead_letter_of("bad-1").await;
-    assert!(reason.contains("undecodable body") && reason.contains("not valid JSON"), "{reason}");
+    assert!(
+        reason.contains("undecodable body") && reason.contains("not valid JSON"),
+        "{reason}"
+    );
     let dl = t.broker.dead_letters("agent_a").await.unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].envelope.body, b"not json at all");
@@ -119,13 +151,21 @@ async fn retry_is_redelivered_with_attempt_two_then_succeeds() {
     t.host.publish("chaos", env).await.unwrap();
     let (attempt, reason) = t
         .wait_for(|e| match e {
-            Event::Retrying { id: i, attempt, reason, .. } if *i == id => Some((*attempt, reason.clone())),
+            Event::Retrying {
+                id: i,
+                attempt,
+                reason,
+                ..
+            } if *i == id => Some((*attempt, reason.clone())),
             _ => None,
         })
         .await;
     assert_eq!(attempt, 1);
     assert!(reason.contains("flaky: attempt 1 of 2"), "{reason}");
-    let d = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), replies.next())
+        .await
+        .unwrap()
+        .unwrap();
     let body = warren::wire::Body::decode(&d.envelope.body).unwrap();
     assert_eq!(body.messages.last().unwrap().content, "ok on attempt 2");
 }
@@ -146,11 +186,17 @@ async fn retry_until_max_attempts_then_dead_lettered() {
         })
         .await;
     assert_eq!(attempts, [1, 2], "max_attempts = 3: two retries");
-    assert!(reason.contains("agent asked to retry: backend down"), "{reason}");
+    assert!(
+        reason.contains("agent asked to retry: backend down"),
+        "{reason}"
+    );
     assert!(reason.contains("gave up after 3 attempts"), "{reason}");
     let dl = t.broker.dead_letters("chaos").await.unwrap();
     assert_eq!(dl[0].envelope.attempt, 3);
-    assert_eq!(dl[0].envelope.headers[HEADER_LAST_ERROR], "agent asked to retry: backend down");
+    assert_eq!(
+        dl[0].envelope.headers[HEADER_LAST_ERROR],
+        "agent asked to retry: backend down"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +210,10 @@ async fn hop_loop_is_dead_lettered() {
             _ => None,
         })
         .await;
-    assert!(reason.contains("hop limit exceeded: 7 hops (max 6)"), "{reason}");
+    assert!(
+        reason.contains("hop limit exceeded: 7 hops (max 6)"),
+        "{reason}"
+    );
     assert!(reason.contains("looping"), "{reason}");
 }
 
@@ -186,13 +235,32 @@ async fn trap_is_dead_lettered_and_host_keeps_serving() {
     assert!(retried, "a trap is retried once on a fresh instance");
     assert!(reason.starts_with("guest failed: trap:"), "{reason}");
     assert!(reason.contains("unreachable"), "{reason}");
-    assert!(reason.contains("chaos was told to trap"), "the panic message is kept: {reason}");
+    assert!(
+        reason.contains("chaos was told to trap"),
+        "the panic message is kept: {reason}"
+    );
     assert!(reason.contains("gave up after 2 attempts"), "{reason}");
 
     // The same agent and its neighbour still answer.
-    let r = client::send(t.broker.as_ref(), "chaos", "hello", Default::default(), Some(Duration::from_secs(10))).await.unwrap();
+    let r = client::send(
+        t.broker.as_ref(),
+        "chaos",
+        "hello",
+        Default::default(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.reply.unwrap().text, "attempt 1 hops 0");
-    let r = client::send(t.broker.as_ref(), "echo", "ping", Default::default(), Some(Duration::from_secs(10))).await.unwrap();
+    let r = client::send(
+        t.broker.as_ref(),
+        "echo",
+        "ping",
+        Default::default(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.reply.unwrap().text, "ping");
 }
 
@@ -201,7 +269,10 @@ async fn invalid_output_and_unknown_destination_are_dead_lettered() {
     let mut t = start(&["chaos"]).await;
     let id = send_chaos(&t, "bad-context").await;
     let reason = t.dead_letter_of(&id).await;
-    assert!(reason.starts_with("invalid output from agent: outgoing message #0"), "{reason}");
+    assert!(
+        reason.starts_with("invalid output from agent: outgoing message #0"),
+        "{reason}"
+    );
     assert!(reason.contains("context must be a JSON object"), "{reason}");
 
     // A handoff to an agent nobody hosts is kept, not lost: the outgoing
@@ -231,18 +302,35 @@ async fn plugin_not_implementing_the_world_is_rejected_others_keep_working() {
 
     let status = t.host.status().await.unwrap();
     let err = |agent: &str| {
-        status.agents.iter().find(|a| a.queue.agent == agent).and_then(|a| a.error.clone()).unwrap_or_else(|| panic!("no error for {agent}"))
+        status
+            .agents
+            .iter()
+            .find(|a| a.queue.agent == agent)
+            .and_then(|a| a.error.clone())
+            .unwrap_or_else(|| panic!("no error for {agent}"))
     };
     let e = err("empty");
-    assert!(e.contains("does not implement world warren:agent/agent@0.1.0"), "{e}");
-    assert!(e.contains("does not export `on-message` (it exports: nothing)"), "{e}");
+    assert!(
+        e.contains("does not implement world warren:agent/agent@0.1.0"),
+        "{e}"
+    );
+    assert!(
+        e.contains("does not export `on-message` (it exports: nothing)"),
+        "{e}"
+    );
     assert!(err("core").contains("a core WebAssembly module, not a component"));
     assert!(err("junk").contains("not a WebAssembly file"));
     assert!(status.agents.iter().all(|a| a.queue.agent != "notes"));
 
-    let r = client::send(t.broker.as_ref(), "agent_a", "I want to talk to agent B.", ctx(json!({"user":"carol"})), Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let r = client::send(
+        t.broker.as_ref(),
+        "agent_a",
+        "I want to talk to agent B.",
+        ctx(json!({"user":"carol"})),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
     assert!(r.reply.unwrap().text.contains("Hello carol"));
 }
 
@@ -251,7 +339,11 @@ async fn status_reports_the_seed_queue_view() {
     let t = start(&["agent_a", "agent_b"]).await;
     let status = t.host.status().await.unwrap();
     assert!(status.broker.contains("embedded"));
-    let a = status.agents.iter().find(|a| a.queue.agent == "agent_a").unwrap();
+    let a = status
+        .agents
+        .iter()
+        .find(|a| a.queue.agent == "agent_a")
+        .unwrap();
     assert_eq!(a.queue.queue, "agent_agent_a_queue");
     assert_eq!(a.queue.routing_key, "agent.agent_a");
     assert_eq!(a.queue.consumer_count, 2);
@@ -259,7 +351,10 @@ async fn status_reports_the_seed_queue_view() {
     assert_eq!(a.queue.status, "running");
     assert_eq!(a.version.as_ref().unwrap().len(), 12);
     let table = status.table();
-    assert!(table.contains("agent_agent_b_queue") && table.contains("consumer_count"), "{table}");
+    assert!(
+        table.contains("agent_agent_b_queue") && table.contains("consumer_count"),
+        "{table}"
+    );
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["agents"][0]["queue"], "agent_agent_a_queue");
     assert_eq!(json["agents"][0]["message_count"], 0);
@@ -267,24 +362,45 @@ async fn status_reports_the_seed_queue_view() {
 
 #[tokio::test]
 async fn fresh_instance_mode_handles_messages() {
-    let t = start_with(&["agent_a", "agent_b"], runtime_config(InstanceMode::Fresh), fast_dispatch()).await;
+    let t = start_with(
+        &["agent_a", "agent_b"],
+        runtime_config(InstanceMode::Fresh),
+        fast_dispatch(),
+    )
+    .await;
     for user in ["dan", "eve", "fay"] {
-        let r = client::send(t.broker.as_ref(), "agent_a", "agent b please", ctx(json!({"user": user})), Some(Duration::from_secs(10)))
-            .await
-            .unwrap();
+        let r = client::send(
+            t.broker.as_ref(),
+            "agent_a",
+            "agent b please",
+            ctx(json!({"user": user})),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
         assert!(r.reply.unwrap().text.contains(&format!("Hello {user}")));
     }
     let status = t.host.status().await.unwrap();
-    let b = status.agents.iter().find(|a| a.queue.agent == "agent_b").unwrap();
+    let b = status
+        .agents
+        .iter()
+        .find(|a| a.queue.agent == "agent_b")
+        .unwrap();
     assert_eq!(b.calls, 3);
 }
 
 #[tokio::test]
 async fn guest_output_and_log_do_not_disturb_the_call() {
     let t = start(&["chaos"]).await;
-    let r = client::send(t.broker.as_ref(), "chaos", "log:hello from the guest", Default::default(), Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let r = client::send(
+        t.broker.as_ref(),
+        "chaos",
+        "log:hello from the guest",
+        Default::default(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.reply.unwrap().text, "logged hello from the guest");
 }
 
@@ -296,8 +412,14 @@ async fn redelivered_input_produces_the_same_outgoing_ids() {
     env.id = "fixed-id".into();
     t.host.publish("echo", env.clone()).await.unwrap();
     t.host.publish("echo", env).await.unwrap();
-    let a = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap();
-    let b = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap();
+    let a = tokio::time::timeout(Duration::from_secs(10), replies.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(10), replies.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(a.envelope.id, b.envelope.id);
     assert_eq!(a.envelope.id, warren::dispatch::derive_id("fixed-id", 0));
 }
@@ -305,8 +427,17 @@ async fn redelivered_input_produces_the_same_outgoing_ids() {
 #[tokio::test]
 async fn unknown_agent_send_fails_clearly() {
     let t = start(&["echo"]).await;
-    let e = client::send(t.broker.as_ref(), "nobody", "hi", Default::default(), None).await.unwrap_err();
+    let e = client::send(t.broker.as_ref(), "nobody", "hi", Default::default(), None)
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("no such agent `nobody`"), "{e:#}");
-    let _ = t.broker.publish(&Route::Agent("echo".into()), user_envelope("x", Default::default(), None)).await.unwrap();
+    let _ = t
+        .broker
+        .publish(
+            &Route::Agent("echo".into()),
+            user_envelope("x", Default::default(), None),
+        )
+        .await
+        .unwrap();
     assert_eq!(names::queue("echo"), "agent_echo_queue");
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::rabbit::Vhost;
 use common::*;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren::broker::amqp::{AmqpBroker, AmqpConfig};
@@ -22,30 +24,57 @@ use warren::{Broker, client};
 const SEED_BODY: &[u8] = br#"{"messages":[{"role":"user","content":"I want to talk to agent B."}],"context_variables":{"user":"alice"},"agent":"Agent A"}"#;
 
 async fn amqp(vh: &Vhost) -> Arc<dyn Broker> {
-    Arc::new(AmqpBroker::connect(AmqpConfig::new(vh.url())).await.unwrap())
+    Arc::new(
+        AmqpBroker::connect(AmqpConfig::new(vh.url()))
+            .await
+            .unwrap(),
+    )
 }
 
 async fn host(vh: &Vhost, guests: &[&str], dispatch: DispatchConfig) -> TestHost {
-    start_on(amqp(vh).await, plugins_dir(guests), runtime_config(InstanceMode::Reuse), dispatch).await
+    start_on(
+        amqp(vh).await,
+        plugins_dir(guests),
+        runtime_config(InstanceMode::Reuse),
+        dispatch,
+    )
+    .await
 }
 
 /// A plain AMQP client, as the seed (pika) would be.
 async fn plain_client(vh: &Vhost) -> (Connection, lapin::Channel) {
-    let conn = Connection::connect(&vh.url(), ConnectionProperties::default()).await.unwrap();
+    let conn = Connection::connect(&vh.url(), ConnectionProperties::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
     (conn, ch)
 }
 
 async fn declare_plain_queue(ch: &lapin::Channel, name: &str) {
-    ch.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
 }
 
 /// Publishes `n` user messages to `agent` (pipelined confirms); returns their ids.
-async fn publish_many(ch: &lapin::Channel, agent: &str, n: usize, reply_to: &str, text: &str) -> Vec<String> {
-    let body = format!(r#"{{"messages":[{{"role":"user","content":"{text}"}}],"context_variables":{{"user":"u"}}}}"#);
+async fn publish_many(
+    ch: &lapin::Channel,
+    agent: &str,
+    n: usize,
+    reply_to: &str,
+    text: &str,
+) -> Vec<String> {
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"{text}"}}],"context_variables":{{"user":"u"}}}}"#
+    );
     let mut confirms = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -56,7 +85,13 @@ async fn publish_many(ch: &lapin::Channel, agent: &str, n: usize, reply_to: &str
             .with_reply_to(reply_to.into())
             .with_delivery_mode(2);
         let c = ch
-            .basic_publish("agent_exchange".into(), format!("agent.{agent}").as_str().into(), BasicPublishOptions::default(), body.as_bytes(), props)
+            .basic_publish(
+                "agent_exchange".into(),
+                format!("agent.{agent}").as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
             .await
             .unwrap();
         confirms.push(c);
@@ -70,9 +105,19 @@ async fn publish_many(ch: &lapin::Channel, agent: &str, n: usize, reply_to: &str
 
 /// Consumes `queue` until every id in `expected` has been seen; returns how
 /// often each correlation id arrived.
-async fn collect_replies(ch: &lapin::Channel, queue: &str, expected: usize, timeout: Duration) -> HashMap<String, usize> {
+async fn collect_replies(
+    ch: &lapin::Channel,
+    queue: &str,
+    expected: usize,
+    timeout: Duration,
+) -> HashMap<String, usize> {
     let mut consumer = ch
-        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -83,13 +128,27 @@ async fn collect_replies(ch: &lapin::Channel, queue: &str, expected: usize, time
             Ok(other) => panic!("reply consumer ended: {other:?}"),
             Err(_) => panic!("timed out: {} of {expected} replies", seen.len()),
         };
-        let cid = d.properties.correlation_id().as_ref().unwrap().as_str().to_string();
+        let cid = d
+            .properties
+            .correlation_id()
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .to_string();
         *seen.entry(cid).or_default() += 1;
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
     // Let stragglers (duplicates) arrive before counting.
-    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await {
-        let cid = d.properties.correlation_id().as_ref().unwrap().as_str().to_string();
+    while let Ok(Some(Ok(d))) =
+        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+    {
+        let cid = d
+            .properties
+            .correlation_id()
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .to_string();
         *seen.entry(cid).or_default() += 1;
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
@@ -99,12 +158,18 @@ async fn collect_replies(ch: &lapin::Channel, queue: &str, expected: usize, time
 async fn wait_until_empty(t: &TestHost, agents: &[&str]) {
     for _ in 0..100 {
         let stats = t.broker.stats().await.unwrap();
-        if agents.iter().all(|a| stats.iter().any(|s| s.agent == *a && s.message_count == 0)) {
+        if agents
+            .iter()
+            .all(|a| stats.iter().any(|s| s.agent == *a && s.message_count == 0))
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("queues did not drain: {:?}", t.broker.stats().await.unwrap());
+    panic!(
+        "queues did not drain: {:?}",
+        t.broker.stats().await.unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,28 +178,56 @@ async fn seed_client_publish_is_handed_off_and_answered() {
     let t = host(&vh, &["agent_a", "agent_b"], fast_dispatch()).await;
     let (_conn, ch) = plain_client(&vh).await;
     // Exactly what the seed does: the body on agent_exchange, routing key agent.agent_a, no properties.
-    ch.basic_publish("agent_exchange".into(), "agent.agent_a".into(), BasicPublishOptions::default(), SEED_BODY, BasicProperties::default())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    ch.basic_publish(
+        "agent_exchange".into(),
+        "agent.agent_a".into(),
+        BasicPublishOptions::default(),
+        SEED_BODY,
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     // No reply-to: the answer lands in warren_replies.
     let mut consumer = ch
-        .basic_consume("warren_replies".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "warren_replies".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
-    let d = tokio::time::timeout(Duration::from_secs(20), consumer.next()).await.unwrap().unwrap().unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let body = warren::wire::Body::decode(&d.data).unwrap();
-    assert!(body.messages.last().unwrap().content.contains("Hello alice"), "{body:?}");
+    assert!(
+        body.messages
+            .last()
+            .unwrap()
+            .content
+            .contains("Hello alice"),
+        "{body:?}"
+    );
     assert_eq!(body.from_agent.as_deref(), Some("agent_b"));
     let headers = d.properties.headers().as_ref().unwrap();
     assert!(headers.inner().contains_key("x-warren-agent-version"));
     assert_eq!(d.properties.delivery_mode(), &Some(2), "persistent");
     assert!(d.properties.message_id().is_some());
     // And the library's request/reply over RabbitMQ.
-    let outcome = client::send(t.broker.as_ref(), "agent_a", "I want to talk to agent B.", Default::default(), Some(Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let outcome = client::send(
+        t.broker.as_ref(),
+        "agent_a",
+        "I want to talk to agent B.",
+        Default::default(),
+        Some(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome.reply.unwrap().from.as_deref(), Some("agent_b"));
     t.host.shutdown().await;
 }
@@ -142,10 +235,25 @@ async fn seed_client_publish_is_handed_off_and_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_through_a_to_b_arrive_exactly_once() {
     let vh = Vhost::new();
-    let t = host(&vh, &["agent_a", "agent_b"], DispatchConfig { consumers_per_agent: 4, ..fast_dispatch() }).await;
+    let t = host(
+        &vh,
+        &["agent_a", "agent_b"],
+        DispatchConfig {
+            consumers_per_agent: 4,
+            ..fast_dispatch()
+        },
+    )
+    .await;
     let (_conn, ch) = plain_client(&vh).await;
     declare_plain_queue(&ch, "test_replies").await;
-    let ids = publish_many(&ch, "agent_a", 10_000, "test_replies", "I want to talk to agent B.").await;
+    let ids = publish_many(
+        &ch,
+        "agent_a",
+        10_000,
+        "test_replies",
+        "I want to talk to agent B.",
+    )
+    .await;
     let seen = collect_replies(&ch, "test_replies", ids.len(), Duration::from_secs(240)).await;
     assert_eq!(seen.len(), ids.len());
     for id in &ids {
@@ -178,7 +286,9 @@ async fn unknown_target_agent_is_dead_lettered_not_lost() {
     assert_eq!(d.envelope.id, warren::dispatch::derive_id(&id, 0));
     wait_until_empty(&t, &["chaos"]).await;
     // Unknown agent from a client: a clear error, nothing published.
-    let e = client::send(t.broker.as_ref(), "ghost", "hi", Default::default(), None).await.unwrap_err();
+    let e = client::send(t.broker.as_ref(), "ghost", "hi", Default::default(), None)
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("no such agent `ghost`"));
     t.host.shutdown().await;
 }
@@ -193,14 +303,20 @@ async fn retry_backs_off_through_delay_queues_then_dead_letters() {
         ..fast_dispatch()
     };
     let mut t = host(&vh, &["chaos"], dispatch).await;
-    let env = warren::dispatch::user_envelope("retry:service unavailable", Default::default(), None);
+    let env =
+        warren::dispatch::user_envelope("retry:service unavailable", Default::default(), None);
     let id = env.id.clone();
     t.host.publish("chaos", env).await.unwrap();
     let started = std::time::Instant::now();
     let mut retries = Vec::new();
     let reason = t
         .wait_for(|e| match e {
-            Event::Retrying { id: i, attempt, delay_ms, .. } if *i == id => {
+            Event::Retrying {
+                id: i,
+                attempt,
+                delay_ms,
+                ..
+            } if *i == id => {
                 retries.push((*attempt, *delay_ms, started.elapsed()));
                 None
             }
@@ -211,32 +327,63 @@ async fn retry_backs_off_through_delay_queues_then_dead_letters() {
     let attempts: Vec<u32> = retries.iter().map(|r| r.0).collect();
     assert_eq!(attempts, [1, 2, 3]);
     let delays: Vec<u64> = retries.iter().map(|r| r.1).collect();
-    assert!(delays[0] <= delays[1] && delays[1] <= delays[2], "growing delays: {delays:?}");
+    assert!(
+        delays[0] <= delays[1] && delays[1] <= delays[2],
+        "growing delays: {delays:?}"
+    );
     // Each retry really waited its delay before the next attempt.
     for w in retries.windows(2) {
-        assert!(w[1].2 - w[0].2 >= Duration::from_millis(w[0].1), "{retries:?}");
+        assert!(
+            w[1].2 - w[0].2 >= Duration::from_millis(w[0].1),
+            "{retries:?}"
+        );
     }
     assert!(reason.contains("gave up after 4 attempts"), "{reason}");
     let dl = t.broker.dead_letters("chaos").await.unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].envelope.attempt, 4);
     assert_eq!(dl[0].reason, reason);
-    assert_eq!(dl[0].envelope.headers["x-warren-last-error"], "agent asked to retry: service unavailable");
+    assert_eq!(
+        dl[0].envelope.headers["x-warren-last-error"],
+        "agent asked to retry: service unavailable"
+    );
     t.host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_recovers_from_close_all_connections_and_loses_nothing() {
     let vh = Vhost::new();
-    let amqp = AmqpBroker::connect(AmqpConfig::new(vh.url())).await.unwrap();
-    let t = start_on(Arc::new(amqp.clone()), plugins_dir(&["agent_a", "agent_b"]), runtime_config(InstanceMode::Reuse), fast_dispatch()).await;
+    let amqp = AmqpBroker::connect(AmqpConfig::new(vh.url()))
+        .await
+        .unwrap();
+    let t = start_on(
+        Arc::new(amqp.clone()),
+        plugins_dir(&["agent_a", "agent_b"]),
+        runtime_config(InstanceMode::Reuse),
+        fast_dispatch(),
+    )
+    .await;
     let (conn, ch) = plain_client(&vh).await;
     declare_plain_queue(&ch, "test_replies").await;
-    let ids = publish_many(&ch, "agent_a", 5_000, "test_replies", "I want to talk to agent B.").await;
+    let ids = publish_many(
+        &ch,
+        "agent_a",
+        5_000,
+        "test_replies",
+        "I want to talk to agent B.",
+    )
+    .await;
     // Cut every connection while the host is mid-run.
     for _ in 0..200 {
         let q = ch
-            .queue_declare("test_replies".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "test_replies".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         if q.message_count() >= 500 {
@@ -254,17 +401,28 @@ async fn host_recovers_from_close_all_connections_and_loses_nothing() {
     }
     // Duplicates may only be redeliveries of the same id: no unknown ids.
     assert_eq!(seen.len(), ids.len());
-    assert!(amqp.recoveries() > 0, "the cut happened mid-run and the host rode it out");
+    assert!(
+        amqp.recoveries() > 0,
+        "the cut happened mid-run and the host rode it out"
+    );
     wait_until_empty(&t, &["agent_a", "agent_b"]).await;
     let stats = t.broker.stats().await.unwrap();
-    assert!(stats.iter().all(|s| s.consumer_count == 2 && s.dead_letter_count == 0), "{stats:?}");
+    assert!(
+        stats
+            .iter()
+            .all(|s| s.consumer_count == 2 && s.dead_letter_count == 0),
+        "{stats:?}"
+    );
     t.host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_queues() {
     let vh = Vhost::new();
-    let one = DispatchConfig { consumers_per_agent: 1, ..fast_dispatch() };
+    let one = DispatchConfig {
+        consumers_per_agent: 1,
+        ..fast_dispatch()
+    };
     let a = host(&vh, &["echo"], one.clone()).await;
     let b = host(&vh, &["echo"], one).await;
     let stats = a.broker.stats().await.unwrap();
@@ -276,7 +434,15 @@ async fn two_hosts_share_the_queues() {
     let ids = publish_many(&ch, "echo", 400, "test_replies", "ping").await;
     let seen = collect_replies(&ch, "test_replies", ids.len(), Duration::from_secs(60)).await;
     assert_eq!(seen.len(), 400);
-    let calls = |t: &TestHost| t.host.registry().get("echo").unwrap().stats().calls.load(std::sync::atomic::Ordering::Relaxed);
+    let calls = |t: &TestHost| {
+        t.host
+            .registry()
+            .get("echo")
+            .unwrap()
+            .stats()
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     let (ca, cb) = (calls(&a), calls(&b));
     assert_eq!(ca + cb, 400);
     assert!(ca > 0 && cb > 0, "both hosts worked: {ca} + {cb}");
@@ -290,10 +456,17 @@ fn cli_run_send_status_over_rabbitmq_never_print_the_password() {
     let vh = Vhost::new();
     let warren = || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
-        c.current_dir(root()).env("WARREN_CACHE_DIR", cache_dir()).env("WARREN_AMQP_URL", vh.url()).env_remove("RUST_LOG");
+        c.current_dir(root())
+            .env("WARREN_CACHE_DIR", cache_dir())
+            .env("WARREN_AMQP_URL", vh.url())
+            .env_remove("RUST_LOG");
         c
     };
-    let host = warren().args(["run", "--plugins", "plugins", "--consumers", "2"]).stderr(Stdio::piped()).spawn().unwrap();
+    let host = warren()
+        .args(["run", "--plugins", "plugins", "--consumers", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let result = std::panic::catch_unwind(|| {
         // The host is up once its agents' queues have consumers.
         let mut status = serde_json::Value::Null;
@@ -302,7 +475,12 @@ fn cli_run_send_status_over_rabbitmq_never_print_the_password() {
             let out = warren().args(["status", "--json"]).output().unwrap();
             if out.status.success() {
                 status = serde_json::from_slice(&out.stdout).unwrap();
-                if status["agents"].as_array().unwrap().iter().all(|a| a["consumer_count"] == 2) {
+                if status["agents"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|a| a["consumer_count"] == 2)
+                {
                     break;
                 }
             }
@@ -312,53 +490,126 @@ fn cli_run_send_status_over_rabbitmq_never_print_the_password() {
         for a in agents {
             assert_eq!(a["status"], "active", "{a}");
             assert_eq!(a["consumer_count"], 2, "{a}");
-            assert_eq!(a["routing_key"], format!("agent.{}", a["agent"].as_str().unwrap()));
+            assert_eq!(
+                a["routing_key"],
+                format!("agent.{}", a["agent"].as_str().unwrap())
+            );
         }
-        assert!(status["broker"].as_str().unwrap().contains("guest:***@"), "{status}");
+        assert!(
+            status["broker"].as_str().unwrap().contains("guest:***@"),
+            "{status}"
+        );
 
         let out = warren()
-            .args(["send", "Agent A", "I want to talk to agent B.", "--context", r#"{"user":"ida"}"#, "--wait", "--timeout", "20"])
+            .args([
+                "send",
+                "Agent A",
+                "I want to talk to agent B.",
+                "--context",
+                r#"{"user":"ida"}"#,
+                "--wait",
+                "--timeout",
+                "20",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("agent_b: Hello ida"));
 
         // An unknown agent (--agent) shows as missing; the table has the seed's columns.
-        let out = warren().args(["status", "--agent", "ghost"]).output().unwrap();
+        let out = warren()
+            .args(["status", "--agent", "ghost"])
+            .output()
+            .unwrap();
         let table = String::from_utf8_lossy(&out.stdout);
-        assert!(table.contains("agent_ghost_queue") && table.contains("missing"), "{table}");
-        assert!(table.contains("message_count") && table.contains("consumer_count"), "{table}");
+        assert!(
+            table.contains("agent_ghost_queue") && table.contains("missing"),
+            "{table}"
+        );
+        assert!(
+            table.contains("message_count") && table.contains("consumer_count"),
+            "{table}"
+        );
     });
-    let _ = Command::new("kill").args(["-TERM", &host.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &host.id().to_string()])
+        .status();
     let out = host.wait_with_output().unwrap();
     result.unwrap();
-    assert!(out.status.success(), "graceful shutdown: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "graceful shutdown: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("connected to RabbitMQ at amqp://guest:***@"), "{log}");
-    assert!(!log.contains("guest:guest"), "the password leaked into the log: {log}");
+    assert!(
+        log.contains("connected to RabbitMQ at amqp://guest:***@"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("guest:guest"),
+        "the password leaked into the log: {log}"
+    );
 
     // A wrong password: a clear error, still redacted.
-    let bad = format!("amqp://guest:wrong-secret@{}/{}", common::rabbit::ADDR, vh.name);
-    let out = warren().env("WARREN_AMQP_URL", &bad).args(["status", "--recovery-timeout", "1"]).output().unwrap();
+    let bad = format!(
+        "amqp://guest:wrong-secret@{}/{}",
+        common::rabbit::ADDR,
+        vh.name
+    );
+    let out = warren()
+        .env("WARREN_AMQP_URL", &bad)
+        .args(["status", "--recovery-timeout", "1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot connect to RabbitMQ at amqp://guest:***@"), "{err}");
+    assert!(
+        err.contains("cannot connect to RabbitMQ at amqp://guest:***@"),
+        "{err}"
+    );
     assert!(!err.contains("wrong-secret"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queues_and_idempotent_redeclaration() {
     let vh = Vhost::new();
-    let config = AmqpConfig { queue_type: warren::broker::amqp::QueueType::Quorum, ..AmqpConfig::new(vh.url()) };
+    let config = AmqpConfig {
+        queue_type: warren::broker::amqp::QueueType::Quorum,
+        ..AmqpConfig::new(vh.url())
+    };
     let quorum: Arc<dyn Broker> = Arc::new(AmqpBroker::connect(config).await.unwrap());
-    let t = start_on(quorum.clone(), plugins_dir(&["echo"]), runtime_config(InstanceMode::Reuse), fast_dispatch()).await;
+    let t = start_on(
+        quorum.clone(),
+        plugins_dir(&["echo"]),
+        runtime_config(InstanceMode::Reuse),
+        fast_dispatch(),
+    )
+    .await;
     // Declaring again (a restart) is fine.
     quorum.declare_agent("echo").await.unwrap();
-    let r = client::send(quorum.as_ref(), "echo", "ping", Default::default(), Some(Duration::from_secs(20))).await.unwrap();
+    let r = client::send(
+        quorum.as_ref(),
+        "echo",
+        "ping",
+        Default::default(),
+        Some(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.reply.unwrap().text, "ping");
     // A classic declaration of the same queue is refused with a clear reason.
-    let classic = AmqpBroker::connect(AmqpConfig::new(vh.url())).await.unwrap();
+    let classic = AmqpBroker::connect(AmqpConfig::new(vh.url()))
+        .await
+        .unwrap();
     let e = classic.declare_agent("echo").await.unwrap_err();
-    assert!(format!("{e:#}").contains("already exists with other arguments"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("already exists with other arguments"),
+        "{e:#}"
+    );
     t.host.shutdown().await;
 }

@@ -17,11 +17,20 @@ const SEED_SAMPLE: &str = r#"{"messages":[{"role":"user","content":"I want to ta
 #[test]
 fn compiled_code_is_cached_by_content_hash() {
     let cache = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeConfig::default() };
-    let first = Runtime::new(config.clone()).unwrap().load_file(&guest("echo")).unwrap();
+    let config = RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    let first = Runtime::new(config.clone())
+        .unwrap()
+        .load_file(&guest("echo"))
+        .unwrap();
     assert!(!first.cache_hit);
     // A new runtime (a restart) finds the compiled code.
-    let second = Runtime::new(config).unwrap().load_file(&guest("echo")).unwrap();
+    let second = Runtime::new(config)
+        .unwrap()
+        .load_file(&guest("echo"))
+        .unwrap();
     assert!(second.cache_hit);
     assert_eq!(first.version, second.version);
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
@@ -29,16 +38,33 @@ fn compiled_code_is_cached_by_content_hash() {
     // cache file, so they are dropped before the file is overwritten in place;
     // the cache itself only ever replaces files by rename.)
     drop((first, second));
-    let entry = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
+    let entry = std::fs::read_dir(cache.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::write(&entry, b"garbage").unwrap();
-    let config = RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeConfig::default() };
-    let third = Runtime::new(config).unwrap().load_file(&guest("echo")).unwrap();
+    let config = RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    let third = Runtime::new(config)
+        .unwrap()
+        .load_file(&guest("echo"))
+        .unwrap();
     assert!(!third.cache_hit);
 }
 
 #[tokio::test]
 async fn testbench_runs_agent_a_on_the_seed_sample() {
-    let out = testbench::run_lines(&guest("agent_a"), SEED_SAMPLE, runtime_config(InstanceMode::Reuse)).await.unwrap();
+    let out = testbench::run_lines(
+        &guest("agent_a"),
+        SEED_SAMPLE,
+        runtime_config(InstanceMode::Reuse),
+    )
+    .await
+    .unwrap();
     assert_eq!(out.len(), 1);
     let m = &out[0];
     assert_eq!(m["to"], json!({"agent": "agent_b"}));
@@ -53,12 +79,25 @@ async fn testbench_reports_failures_and_fails() {
     let input = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}\nnot json\n{\"messages\":[{\"role\":\"user\",\"content\":\"reject:no thanks\"}]}\n";
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let r = testbench::run(&guest("chaos"), input.as_bytes(), &mut out, &mut err, runtime_config(InstanceMode::Reuse)).await;
+    let r = testbench::run(
+        &guest("chaos"),
+        input.as_bytes(),
+        &mut out,
+        &mut err,
+        runtime_config(InstanceMode::Reuse),
+    )
+    .await;
     let e = r.unwrap_err();
     assert_eq!(e.to_string(), "2 of 3 messages failed");
     let err = String::from_utf8(err).unwrap();
-    assert!(err.contains("failed on message test-2 (input line 2): undecodable body"), "{err}");
-    assert!(err.contains("failed on message test-3 (input line 3): rejected by agent: no thanks"), "{err}");
+    assert!(
+        err.contains("failed on message test-2 (input line 2): undecodable body"),
+        "{err}"
+    );
+    assert!(
+        err.contains("failed on message test-3 (input line 3): rejected by agent: no thanks"),
+        "{err}"
+    );
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 1);
 }
 
@@ -76,12 +115,20 @@ async fn control_socket_serves_status_and_send() {
     }
     let status = control::status(&sock).await.unwrap();
     assert_eq!(status.agents.len(), 2);
-    let outcome = control::send(&sock, "agent_a", "I want to talk to agent B.", json!({"user":"gil"}).as_object().unwrap().clone(), Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let outcome = control::send(
+        &sock,
+        "agent_a",
+        "I want to talk to agent B.",
+        json!({"user":"gil"}).as_object().unwrap().clone(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
     assert!(outcome.reply.unwrap().text.contains("Hello gil"));
     // A second host cannot take a live socket.
-    let e = control::serve(t.host.clone(), sock.clone(), CancellationToken::new()).await.unwrap_err();
+    let e = control::serve(t.host.clone(), sock.clone(), CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("already serving"), "{e}");
     stop.cancel();
     server.await.unwrap().unwrap();

@@ -37,7 +37,9 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
@@ -78,6 +80,9 @@ pub struct AmqpConfig {
     pub queue_type: QueueType,
     /// Longest wait for lapin's recovery before an operation fails.
     pub recovery_timeout: Duration,
+    /// Publisher confirms and persistent messages. Only benchmarks turn this
+    /// off: without it a broker crash or an unroutable message loses data.
+    pub reliable: bool,
 }
 
 impl AmqpConfig {
@@ -88,6 +93,7 @@ impl AmqpConfig {
             prefetch: 8,
             queue_type: QueueType::Classic,
             recovery_timeout: Duration::from_secs(120),
+            reliable: true,
         }
     }
 }
@@ -103,7 +109,11 @@ pub fn redact(url: &str) -> String {
         Some(at) => {
             let userinfo = &rest[..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_string() };
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
             format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
         }
         None => url.to_string(),
@@ -139,24 +149,42 @@ impl AmqpBroker {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("warren {}", std::process::id()).into())
             .enable_auto_recover();
-        let connection = Connection::connect(&config.url, props)
+        let connection = Connection::connect(&config.url, props).await.map_err(|e| {
+            anyhow!(
+                "cannot connect to RabbitMQ at {redacted}: {}",
+                scrub(&e.to_string(), &config.url)
+            )
+        })?;
+        let publish = connection
+            .create_channel()
             .await
-            .map_err(|e| anyhow!("cannot connect to RabbitMQ at {redacted}: {}", scrub(&e.to_string(), &config.url)))?;
-        let publish = connection.create_channel().await.context("opening the publish channel")?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("enabling publisher confirms")?;
+            .context("opening the publish channel")?;
+        if config.reliable {
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .context("enabling publisher confirms")?;
+        } else {
+            warn!(
+                "publisher confirms and persistence are OFF: messages can be lost (benchmark mode)"
+            );
+        }
         publish
             .exchange_declare(
                 config.exchange.as_str().into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
             .with_context(|| format!("declaring exchange `{}`", config.exchange))?;
-        info!("connected to RabbitMQ at {redacted} (exchange `{}`)", config.exchange);
+        info!(
+            "connected to RabbitMQ at {redacted} (exchange `{}`)",
+            config.exchange
+        );
         Ok(AmqpBroker {
             inner: Arc::new(Inner {
                 config,
@@ -185,14 +213,16 @@ impl AmqpBroker {
     pub fn recoveries(&self) -> u64 {
         self.inner.recoveries.load(Ordering::Relaxed)
     }
-
 }
 
 impl Inner {
     fn queue_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
         if self.config.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
         }
         args
     }
@@ -215,9 +245,16 @@ impl Inner {
     async fn declare_queue(&self, name: &str, args: FieldTable) -> Result<()> {
         let name_s: ShortString = name.into();
         self.on_temp_channel(|ch| async move {
-            ch.queue_declare(name_s, QueueDeclareOptions { durable: true, ..Default::default() }, args)
-                .await
-                .map(|_| ())
+            ch.queue_declare(
+                name_s,
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map(|_| ())
         })
         .await
         .map_err(|e| {
@@ -235,7 +272,14 @@ impl Inner {
 
     /// Publishes with `mandatory` and waits for the confirm, riding out a
     /// connection recovery (the same message, same id, is sent again).
-    async fn publish(&self, exchange: &str, routing_key: &str, props: BasicProperties, body: &[u8], route: &Route) -> Result<()> {
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        props: BasicProperties,
+        body: &[u8],
+        route: &Route,
+    ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.config.recovery_timeout;
         loop {
             let attempt = async {
@@ -243,7 +287,10 @@ impl Inner {
                     .basic_publish(
                         exchange.into(),
                         routing_key.into(),
-                        BasicPublishOptions { mandatory: true, ..Default::default() },
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
                         body,
                         props.clone(),
                     )
@@ -253,7 +300,9 @@ impl Inner {
             .await;
             let error = match attempt {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => return Ok(()),
-                Ok(Confirmation::Ack(Some(_returned))) => return Err(Unroutable(route.clone()).into()),
+                Ok(Confirmation::Ack(Some(_returned))) => {
+                    return Err(Unroutable(route.clone()).into());
+                }
                 Ok(Confirmation::Nack(_)) => {
                     // The broker could not take it (e.g. a queue's limit): transient.
                     bail!("RabbitMQ refused (nacked) the message to {route}")
@@ -264,17 +313,26 @@ impl Inner {
                 bail!("publishing to {route} failed and the connection did not recover: {error}");
             }
             warn!("publishing to {route} failed ({error}); waiting for the connection to recover");
-            self.wait_for_recovery(&self.publish, error, deadline).await?;
+            self.wait_for_recovery(&self.publish, error, deadline)
+                .await?;
         }
     }
 
-    async fn wait_for_recovery(&self, channel: &Channel, error: lapin::Error, deadline: tokio::time::Instant) -> Result<()> {
+    async fn wait_for_recovery(
+        &self,
+        channel: &Channel,
+        error: lapin::Error,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
         match tokio::time::timeout_at(deadline, channel.wait_for_recovery(error)).await {
             Ok(Ok(())) => {
                 self.recoveries.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Ok(Err(e)) => bail!("RabbitMQ connection to {} lost and not recoverable: {e}", self.redacted),
+            Ok(Err(e)) => bail!(
+                "RabbitMQ connection to {} lost and not recoverable: {e}",
+                self.redacted
+            ),
             Err(_) => bail!(
                 "RabbitMQ connection to {} did not recover within {:?}",
                 self.redacted,
@@ -283,12 +341,24 @@ impl Inner {
         }
     }
 
-    async fn publish_envelope(&self, route: &Route, env: &Envelope, extra: Extra<'_>) -> Result<()> {
+    async fn publish_envelope(
+        &self,
+        route: &Route,
+        env: &Envelope,
+        extra: Extra<'_>,
+    ) -> Result<()> {
         let (exchange, routing_key) = match route {
             Route::Agent(a) => (self.config.exchange.as_str(), names::routing_key(a)),
             Route::Queue(q) => ("", q.clone()),
         };
-        self.publish(exchange, &routing_key, properties(env, &extra), &env.body, route).await
+        self.publish(
+            exchange,
+            &routing_key,
+            properties(env, &extra),
+            &env.body,
+            route,
+        )
+        .await
     }
 
     /// The delay queue for `delay`: one per power-of-two bucket of milliseconds.
@@ -300,7 +370,10 @@ impl Inner {
             return Ok(name);
         }
         let mut args = self.queue_args();
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
         args.insert(
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(names::queue(agent).into()),
@@ -314,8 +387,15 @@ impl Inner {
         let name_s: ShortString = name.into();
         let result = self
             .on_temp_channel(|ch| async move {
-                ch.queue_declare(name_s, QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-                    .await
+                ch.queue_declare(
+                    name_s,
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
             })
             .await;
         match result {
@@ -339,10 +419,16 @@ fn properties(env: &Envelope, extra: &Extra<'_>) -> BasicProperties {
         headers.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
     }
     if let Some(sender) = &env.sender {
-        headers.insert(HEADER_SENDER.into(), AMQPValue::LongString(sender.as_str().into()));
+        headers.insert(
+            HEADER_SENDER.into(),
+            AMQPValue::LongString(sender.as_str().into()),
+        );
     }
     headers.insert(HEADER_HOPS.into(), AMQPValue::LongLongInt(env.hops as i64));
-    headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(env.attempt as i64));
+    headers.insert(
+        HEADER_ATTEMPT.into(),
+        AMQPValue::LongLongInt(env.attempt as i64),
+    );
     if let Some(reason) = extra.reason {
         headers.insert(HEADER_REASON.into(), AMQPValue::LongString(reason.into()));
     }
@@ -388,7 +474,11 @@ fn header_u32(v: &AMQPValue) -> Option<u32> {
 /// keeps the same id and produces the same outgoing ids.
 fn envelope(props: &BasicProperties, body: Vec<u8>) -> (Envelope, Option<String>) {
     let mut env = Envelope {
-        id: props.message_id().as_ref().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        id: props
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
         attempt: 1,
         ..Default::default()
     };
@@ -431,7 +521,10 @@ fn scrub(text: &str, url: &str) -> String {
 #[async_trait]
 impl Broker for AmqpBroker {
     fn describe(&self) -> String {
-        format!("RabbitMQ at {} (exchange `{}`)", self.inner.redacted, self.inner.config.exchange)
+        format!(
+            "RabbitMQ at {} (exchange `{}`)",
+            self.inner.redacted, self.inner.config.exchange
+        )
     }
 
     async fn declare_agent(&self, agent: &str) -> Result<()> {
@@ -439,15 +532,21 @@ impl Broker for AmqpBroker {
         let inner = &self.inner;
         let queue = names::queue(agent);
         inner.declare_queue(&queue, inner.queue_args()).await?;
-        let (q, x, rk): (ShortString, ShortString, ShortString) =
-            (queue.as_str().into(), inner.config.exchange.as_str().into(), names::routing_key(agent).into());
+        let (q, x, rk): (ShortString, ShortString, ShortString) = (
+            queue.as_str().into(),
+            inner.config.exchange.as_str().into(),
+            names::routing_key(agent).into(),
+        );
         inner
             .on_temp_channel(|ch| async move {
-                ch.queue_bind(q, x, rk, QueueBindOptions::default(), FieldTable::default()).await
+                ch.queue_bind(q, x, rk, QueueBindOptions::default(), FieldTable::default())
+                    .await
             })
             .await
             .with_context(|| format!("binding `{queue}` to `{}`", inner.config.exchange))?;
-        inner.declare_queue(&names::dead_letter_queue(agent), inner.queue_args()).await?;
+        inner
+            .declare_queue(&names::dead_letter_queue(agent), inner.queue_args())
+            .await?;
         inner.agents.lock().unwrap().insert(agent.to_string());
         Ok(())
     }
@@ -457,12 +556,18 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, route: &Route, envelope: Envelope) -> Result<()> {
-        self.inner.publish_envelope(route, &envelope, Extra::default()).await
+        self.inner
+            .publish_envelope(route, &envelope, Extra::default())
+            .await
     }
 
     async fn consume(&self, agent: &str) -> Result<Box<dyn Consumer>> {
         let inner = &self.inner;
-        let channel = inner.connection.create_channel().await.context("opening a consumer channel")?;
+        let channel = inner
+            .connection
+            .create_channel()
+            .await
+            .context("opening a consumer channel")?;
         channel
             .basic_qos(inner.config.prefetch, BasicQosOptions::default())
             .await
@@ -500,22 +605,39 @@ impl Broker for AmqpBroker {
         channel
             .queue_declare(
                 name.as_str().into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
             .context("declaring the reply queue")?;
         let consumer = channel
-            .basic_consume(name.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                name.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .context("consuming the reply queue")?;
-        let consumer = AmqpConsumer { inner: self.inner.clone(), agent: None, channel, consumer };
+        let consumer = AmqpConsumer {
+            inner: self.inner.clone(),
+            agent: None,
+            channel,
+            consumer,
+        };
         Ok((name, Box::new(consumer)))
     }
 
     async fn dead_letter(&self, agent: &str, envelope: Envelope, reason: &str) -> Result<()> {
         let route = Route::Queue(names::dead_letter_queue(agent));
-        let extra = Extra { reason: Some(reason), ..Default::default() };
+        let extra = Extra {
+            reason: Some(reason),
+            ..Default::default()
+        };
         self.inner.publish_envelope(&route, &envelope, extra).await
     }
 
@@ -574,7 +696,12 @@ impl Broker for AmqpBroker {
     }
 
     async fn close(&self) {
-        if let Err(e) = self.inner.connection.close(200, "warren shutting down".into()).await {
+        if let Err(e) = self
+            .inner
+            .connection
+            .close(200, "warren shutting down".into())
+            .await
+        {
             debug!("closing the AMQP connection: {e}");
         }
     }
@@ -604,9 +731,16 @@ impl Consumer for AmqpConsumer {
                 }
                 Some(Err(e)) => {
                     let what = self.agent.as_deref().unwrap_or("reply queue");
-                    warn!(agent = what, "consumer lost its channel ({e}); waiting for recovery");
+                    warn!(
+                        agent = what,
+                        "consumer lost its channel ({e}); waiting for recovery"
+                    );
                     let deadline = tokio::time::Instant::now() + self.inner.config.recovery_timeout;
-                    if let Err(e) = self.inner.wait_for_recovery(&self.channel, e, deadline).await {
+                    if let Err(e) = self
+                        .inner
+                        .wait_for_recovery(&self.channel, e, deadline)
+                        .await
+                    {
                         tracing::error!(agent = what, "consumer stopped: {e:#}");
                         return None;
                     }
@@ -634,7 +768,9 @@ impl AmqpAcker {
     }
 
     fn agent(&self) -> Result<&str> {
-        self.agent.as_deref().ok_or_else(|| anyhow!("replies cannot be retried or dead-lettered"))
+        self.agent
+            .as_deref()
+            .ok_or_else(|| anyhow!("replies cannot be retried or dead-lettered"))
     }
 }
 
@@ -644,29 +780,51 @@ impl Acker for AmqpAcker {
         self.ack_original().await
     }
 
-    async fn retry(self: Box<Self>, mut envelope: Envelope, delay: Duration, reason: &str) -> Result<()> {
+    async fn retry(
+        self: Box<Self>,
+        mut envelope: Envelope,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<()> {
         let agent = self.agent()?;
         envelope.attempt += 1;
-        envelope.headers.insert(HEADER_LAST_ERROR.into(), reason.to_string());
+        envelope
+            .headers
+            .insert(HEADER_LAST_ERROR.into(), reason.to_string());
         let queue = self.inner.delay_queue(agent, delay).await?;
-        let extra = Extra { expiration: Some(delay), ..Default::default() };
-        self.inner.publish_envelope(&Route::Queue(queue), &envelope, extra).await?;
+        let extra = Extra {
+            expiration: Some(delay),
+            ..Default::default()
+        };
+        self.inner
+            .publish_envelope(&Route::Queue(queue), &envelope, extra)
+            .await?;
         self.ack_original().await
     }
 
     async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: &str) -> Result<()> {
         let agent = self.agent()?.to_string();
         let route = Route::Queue(names::dead_letter_queue(&agent));
-        let extra = Extra { reason: Some(reason), ..Default::default() };
-        self.inner.publish_envelope(&route, &envelope, extra).await?;
+        let extra = Extra {
+            reason: Some(reason),
+            ..Default::default()
+        };
+        self.inner
+            .publish_envelope(&route, &envelope, extra)
+            .await?;
         self.ack_original().await
     }
 
     fn abandon(self: Box<Self>, _envelope: Envelope) {
         tokio::spawn(async move {
-            let opts = BasicNackOptions { requeue: true, ..Default::default() };
+            let opts = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
             if let Err(e) = self.acker.nack(opts).await {
-                debug!("requeue of an abandoned delivery failed ({e}); the broker redelivers it on channel close");
+                debug!(
+                    "requeue of an abandoned delivery failed ({e}); the broker redelivers it on channel close"
+                );
             }
         });
     }
@@ -680,7 +838,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("amqp://guest:secret@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
         assert_eq!(redact("amqps://u:p@a@host/vh"), "amqps://u:***@host/vh");
         assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
         assert_eq!(redact("amqp://user@host"), "amqp://user@host");
@@ -701,7 +862,13 @@ mod tests {
             headers,
             body: b"{}".to_vec(),
         };
-        let props = properties(&env, &Extra { reason: Some("why"), ..Default::default() });
+        let props = properties(
+            &env,
+            &Extra {
+                reason: Some("why"),
+                ..Default::default()
+            },
+        );
         let (back, reason) = envelope(&props, b"{}".to_vec());
         assert_eq!(back, env);
         assert_eq!(reason.as_deref(), Some("why"));

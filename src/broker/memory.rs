@@ -349,7 +349,9 @@ mod tests {
         b.declare_agent("a").await.unwrap();
         b.declare_agent("a").await.unwrap(); // idempotent
         let mut c = b.consume("a").await.unwrap();
-        b.publish(&Route::Agent("a".into()), env("1")).await.unwrap();
+        b.publish(&Route::Agent("a".into()), env("1"))
+            .await
+            .unwrap();
 
         // Dropped unsettled: redelivered.
         drop(c.next().await.unwrap());

@@ -161,8 +161,12 @@ impl Drop for Delivery {
 #[async_trait]
 pub trait Acker: Send {
     async fn ack(self: Box<Self>, envelope: Envelope) -> Result<()>;
-    async fn retry(self: Box<Self>, envelope: Envelope, delay: Duration, reason: &str)
-    -> Result<()>;
+    async fn retry(
+        self: Box<Self>,
+        envelope: Envelope,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<()>;
     async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: &str) -> Result<()>;
     /// The delivery was dropped unsettled: give it back to the queue.
     fn abandon(self: Box<Self>, envelope: Envelope);

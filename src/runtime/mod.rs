@@ -137,7 +137,11 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("does not implement world {WORLD}: it needs an import warren does not provide"))?;
+            .with_context(|| {
+                format!(
+                    "does not implement world {WORLD}: it needs an import warren does not provide"
+                )
+            })?;
         let pre = bindings::AgentPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("does not implement world {WORLD}"))?;
@@ -157,12 +161,18 @@ impl Runtime {
             ty.exports(&self.engine).map(|(n, e)| (n, e.ty)).collect();
         match exports.iter().find(|(n, _)| *n == "on-message") {
             Some((_, ComponentItem::ComponentFunc(_))) => Ok(()),
-            Some(_) => bail!("does not implement world {WORLD}: its export `on-message` is not a function"),
+            Some(_) => {
+                bail!("does not implement world {WORLD}: its export `on-message` is not a function")
+            }
             None => {
                 let names: Vec<&str> = exports.iter().map(|(n, _)| *n).collect();
                 bail!(
                     "does not implement world {WORLD}: it does not export `on-message` (it exports: {})",
-                    if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        names.join(", ")
+                    }
                 )
             }
         }

@@ -145,7 +145,11 @@ impl AgentPool {
     /// Runs `on-message`. The outer error is a guest that did not return
     /// (trap, deadline, ...); the inner one is the guest's own `failure`.
     pub async fn call(&self, msg: &Message) -> Result<Result<Vec<Outgoing>, Failure>, GuestError> {
-        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let reuse = self.runtime.config().instance_mode == InstanceMode::Reuse;
         let pooled = if reuse {
             self.idle.lock().unwrap().pop()

@@ -74,12 +74,20 @@ pub async fn start(guests: &[&str]) -> TestHost {
     start_with(guests, runtime_config(InstanceMode::Reuse), fast_dispatch()).await
 }
 
-pub async fn start_with(guests: &[&str], runtime: RuntimeConfig, dispatch: DispatchConfig) -> TestHost {
+pub async fn start_with(
+    guests: &[&str],
+    runtime: RuntimeConfig,
+    dispatch: DispatchConfig,
+) -> TestHost {
     let dir = plugins_dir(guests);
     start_in(dir, runtime, dispatch).await
 }
 
-pub async fn start_in(dir: tempfile::TempDir, runtime: RuntimeConfig, dispatch: DispatchConfig) -> TestHost {
+pub async fn start_in(
+    dir: tempfile::TempDir,
+    runtime: RuntimeConfig,
+    dispatch: DispatchConfig,
+) -> TestHost {
     start_on(Arc::new(MemoryBroker::new()), dir, runtime, dispatch).await
 }
 
@@ -92,7 +100,12 @@ pub async fn start_on(
     let host = Host::new(HostConfig { runtime, dispatch }, broker.clone()).unwrap();
     let events = host.events();
     host.load_dir(dir.path()).await.unwrap();
-    TestHost { host, broker, events, dir }
+    TestHost {
+        host,
+        broker,
+        events,
+        dir,
+    }
 }
 
 impl TestHost {

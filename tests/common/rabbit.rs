@@ -23,7 +23,10 @@ pub struct Vhost {
 }
 
 fn ctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().expect("running rabbitmqctl");
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("running rabbitmqctl");
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?} failed: {}",
@@ -47,7 +50,9 @@ impl Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.name]).output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
     }
 }
 
@@ -55,6 +60,13 @@ impl Vhost {
     /// Closes every client connection in this vhost (a "network cut"), as
     /// `rabbitmqctl close_all_connections` does, without touching other tests.
     pub fn close_all_connections(&self) {
-        ctl(&["close_all_connections", "--vhost", &self.name, "--limit", "1000", "warren test: simulated connection loss"]);
+        ctl(&[
+            "close_all_connections",
+            "--vhost",
+            &self.name,
+            "--limit",
+            "1000",
+            "warren test: simulated connection loss",
+        ]);
     }
 }
