@@ -31,7 +31,10 @@
 //! - [`status`] — the queue health table.
 //! - [`testbench`] — `warren test`: one plugin, no broker.
 //! - [`demo`] — `warren demo`: the Agent A → Agent B handoff.
+//! - [`bench`] — `warren bench`: throughput, latency and cost, side by side
+//!   with a raw lapin relay.
 
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod control;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use warren::bench::BenchConfig;
 use warren::broker::amqp::{AmqpBroker, AmqpConfig, QueueType};
 use warren::dispatch::DispatchConfig;
 use warren::runtime::{InstanceMode, RuntimeConfig};
@@ -93,6 +94,31 @@ enum Command {
     Demo {
         #[command(flatten)]
         host: HostArgs,
+    },
+    /// Benchmarks: RabbitMQ relay throughput and latency against a raw lapin
+    /// relay, Wasm call cost, embedded-broker hops, start-up and RSS. Prints tables.
+    Bench {
+        /// RabbitMQ to measure against (temporary `bench_*` queues in its vhost).
+        #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp_url: String,
+        /// A smoke run with tiny numbers (what CI runs).
+        #[arg(long)]
+        quick: bool,
+        /// Messages per relay run (default 100000).
+        #[arg(long)]
+        messages: Option<usize>,
+        /// Alternating warren/raw rounds (default 3).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Skip the RabbitMQ tables.
+        #[arg(long)]
+        no_rabbitmq: bool,
+        /// Folder with echo.wasm (and <lang>/echo.wasm per guest language).
+        #[arg(long, default_value = "plugins")]
+        plugins: PathBuf,
+        /// Also write the tables (Markdown) to this file.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -242,10 +268,8 @@ fn init_logging(filter: Option<&str>, default: &str) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(
-        cli.command,
-        Command::Demo { .. } | Command::Test { .. } | Command::Send { .. } | Command::Status { .. }
-    );
+    // Only the long-running host logs at info by default; commands print results.
+    let quiet = !matches!(cli.command, Command::Run { .. });
     init_logging(
         cli.log.as_deref(),
         if quiet {
@@ -344,6 +368,23 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Demo { host } => {
             warren::demo::run(&host.plugins, host.config(), &mut std::io::stdout()).await
+        }
+        Command::Bench { amqp_url, quick, messages, rounds, no_rabbitmq, plugins, output } => {
+            let exe = std::env::current_exe().context("locating the warren binary")?;
+            let mut config = BenchConfig::full(amqp_url, plugins, exe);
+            if quick {
+                config = config.quick();
+            }
+            config.messages = messages.unwrap_or(config.messages);
+            config.rounds = rounds.unwrap_or(config.rounds);
+            config.skip_rabbitmq = no_rabbitmq;
+            let tables = warren::bench::run(&config, |t| println!("{}", t.markdown())).await?;
+            if let Some(path) = output {
+                let text: Vec<String> = tables.iter().map(|t| t.markdown()).collect();
+                std::fs::write(&path, text.join("\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
         }
     }
 }

@@ -1,0 +1,150 @@
+//! `warren bench`: what warren costs, measured side by side in one run.
+//!
+//! Every RabbitMQ figure is a ratio against a raw lapin relay written here
+//! with the very same settings (consumers, prefetch, persistence, confirms,
+//! ack after confirm) and no Wasm, alternated with warren's run over several
+//! rounds. The benchmark reports; it asserts nothing.
+//!
+//! - [`relay`] — throughput and latency on RabbitMQ, warren vs raw.
+//! - [`local`] — Wasm call cost, embedded-broker hops, start-up time and RSS.
+
+pub mod local;
+pub mod relay;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+
+/// What to run, and how big.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// RabbitMQ URL (its vhost gets temporary `bench_*` queues, deleted after).
+    pub amqp_url: String,
+    /// Messages per relay run.
+    pub messages: usize,
+    /// Alternating warren/raw rounds per relay variant.
+    pub rounds: usize,
+    /// Offered rates for the latency table, msg/s.
+    pub rates: Vec<u32>,
+    /// Seconds of load per latency run.
+    pub latency_seconds: f64,
+    /// Consumers (warren: per agent) and prefetch, identical for both relays.
+    pub consumers: usize,
+    pub prefetch: u16,
+    /// Calls per Wasm cost measurement.
+    pub calls: usize,
+    /// Agent counts for the scale table.
+    pub scale: Vec<usize>,
+    /// The echo agent and the folder of guests (one subfolder per language).
+    pub plugins: PathBuf,
+    /// The `warren` binary, for start-up and RSS measurements.
+    pub warren_exe: PathBuf,
+    /// Skip what needs RabbitMQ.
+    pub skip_rabbitmq: bool,
+}
+
+impl BenchConfig {
+    /// The full suite (about ten minutes on a 2-core machine).
+    pub fn full(amqp_url: String, plugins: PathBuf, warren_exe: PathBuf) -> Self {
+        BenchConfig {
+            amqp_url,
+            messages: 100_000,
+            rounds: 3,
+            rates: vec![1_000, 5_000],
+            latency_seconds: 5.0,
+            consumers: 4,
+            prefetch: 64,
+            calls: 20_000,
+            scale: vec![1, 10, 100],
+            plugins,
+            warren_exe,
+            skip_rabbitmq: false,
+        }
+    }
+
+    /// A smoke run (CI): every code path, tiny numbers.
+    pub fn quick(mut self) -> Self {
+        self.messages = 300;
+        self.rounds = 1;
+        self.rates = vec![200];
+        self.latency_seconds = 0.5;
+        self.calls = 200;
+        self.scale = vec![1, 3];
+        self
+    }
+}
+
+/// A table: a title, column names, rows; printed as Markdown.
+pub struct Table {
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub note: Option<String>,
+}
+
+impl Table {
+    pub fn new(title: &str, columns: &[&str]) -> Self {
+        Table {
+            title: title.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            rows: Vec::new(),
+            note: None,
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!("### {}\n\n", self.title);
+        let _ = writeln!(out, "| {} |", self.columns.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(self.columns.len()));
+        for r in &self.rows {
+            let _ = writeln!(out, "| {} |", r.join(" | "));
+        }
+        if let Some(note) = &self.note {
+            let _ = writeln!(out, "\n{note}");
+        }
+        out
+    }
+}
+
+/// Runs the suite, printing each table as soon as it is done.
+pub async fn run(config: &BenchConfig, mut print: impl FnMut(&Table)) -> Result<Vec<Table>> {
+    let mut tables = Vec::new();
+    let mut emit = |t: Table, tables: &mut Vec<Table>| {
+        print(&t);
+        tables.push(t);
+    };
+    emit(local::wasm_cost(config).await?, &mut tables);
+    emit(local::embedded_hops(config).await?, &mut tables);
+    emit(local::scale(config).await?, &mut tables);
+    if !config.skip_rabbitmq {
+        emit(relay::throughput(config).await?, &mut tables);
+        emit(relay::latency(config).await?, &mut tables);
+    }
+    Ok(tables)
+}
+
+pub(crate) fn per_sec(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+pub(crate) fn fmt_rate(r: f64) -> String {
+    if r >= 10_000.0 {
+        format!("{:.0}", r)
+    } else {
+        format!("{:.1}", r)
+    }
+}

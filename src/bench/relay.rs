@@ -1,0 +1,393 @@
+//! warren against a raw lapin relay on RabbitMQ, same settings, same run.
+//!
+//! Both relays consume an input queue with the same number of consumers and
+//! the same prefetch, publish each message to `bench_out` (persistent +
+//! confirmed, or transient without confirms), and ack the input only after
+//! the output is confirmed. warren additionally decodes the JSON body, calls
+//! the Wasm echo agent and encodes its output; the raw relay forwards bytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+
+use super::local::content;
+use super::{BenchConfig, Table, fmt_rate, median, per_sec};
+use crate::broker::amqp::{AmqpBroker, AmqpConfig};
+use crate::dispatch::DispatchConfig;
+use crate::host::{Host, HostConfig};
+use crate::runtime::RuntimeConfig;
+use crate::wire::Body;
+
+const OUT: &str = "bench_out";
+const RAW_IN: &str = "bench_raw_in";
+const AGENT: &str = "bench_echo";
+const EXCHANGE: &str = "warren_bench";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Persistent messages, publisher confirms, ack after confirm.
+    Reliable,
+    /// Transient messages, no confirms.
+    Transient,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Reliable => "persistent + confirms",
+            Mode::Transient => "transient, no confirms",
+        }
+    }
+}
+
+/// The benchmark's own connection: declares, preloads, counts, cleans up.
+struct Admin {
+    _conn: Connection,
+    ch: Channel,
+}
+
+impl Admin {
+    async fn connect(url: &str) -> Result<Self> {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ at {}: {e}", crate::broker::amqp::redact(url)))?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Admin { _conn: conn, ch })
+    }
+
+    async fn queue(&self, name: &str, durable: bool) -> Result<()> {
+        self.ch
+            .queue_declare(name.into(), QueueDeclareOptions { durable, ..Default::default() }, FieldTable::default())
+            .await?;
+        self.ch.queue_purge(name.into(), QueuePurgeOptions::default()).await?;
+        Ok(())
+    }
+
+    async fn count(&self, name: &str) -> Result<u32> {
+        let q = self
+            .ch
+            .queue_declare(name.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await?;
+        Ok(q.message_count())
+    }
+
+    /// Publishes `n` echo requests to `queue` (confirms pipelined, 1000 in flight).
+    async fn preload(&self, queue: &str, n: usize, mode: Mode) -> Result<()> {
+        let body = Body::user(&content(), Default::default()).encode();
+        let mut pending = Vec::new();
+        for i in 0..n {
+            let id = format!("bench-{i}");
+            let props = BasicProperties::default()
+                .with_message_id(id.as_str().into())
+                .with_correlation_id(id.as_str().into())
+                .with_reply_to(OUT.into())
+                .with_delivery_mode(if mode == Mode::Reliable { 2 } else { 1 });
+            pending.push(self.ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, props).await?);
+            if pending.len() >= 1000 {
+                for c in futures::future::join_all(pending.drain(..)).await {
+                    c?;
+                }
+            }
+        }
+        for c in futures::future::join_all(pending).await {
+            c?;
+        }
+        Ok(())
+    }
+
+    async fn wait_for(&self, queue: &str, n: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.count(queue).await? as usize;
+            if c >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("relay stalled: {c} of {n} messages in {queue}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn cleanup(&self) {
+        for q in [OUT, RAW_IN, "agent_bench_echo_queue", "agent_bench_echo_queue.dlq"] {
+            let _ = self.ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
+        }
+        let _ = self.ch.exchange_delete(EXCHANGE.into(), ExchangeDeleteOptions::default()).await;
+    }
+}
+
+/// The raw relay: C consumers, prefetch P, publish → confirm → ack.
+struct RawRelay {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+    _conn: Connection,
+}
+
+impl RawRelay {
+    async fn start(config: &BenchConfig, mode: Mode) -> Result<Self> {
+        let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
+        let publish = conn.create_channel().await?;
+        if mode == Mode::Reliable {
+            publish.confirm_select(ConfirmSelectOptions::default()).await?;
+        }
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for i in 0..config.consumers {
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(config.prefetch, BasicQosOptions::default()).await?;
+            let mut consumer = ch
+                .basic_consume(RAW_IN.into(), format!("raw-{i}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await?;
+            let publish = publish.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ch = ch;
+                loop {
+                    let d = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        d = consumer.next() => match d { Some(d) => d?, None => break },
+                    };
+                    let props = BasicProperties::default()
+                        .with_message_id(d.properties.message_id().clone().unwrap_or_default())
+                        .with_correlation_id(d.properties.correlation_id().clone().unwrap_or_default())
+                        .with_content_type("application/json".into())
+                        .with_delivery_mode(if mode == Mode::Reliable { 2 } else { 1 });
+                    let reply_to = d.properties.reply_to().clone().unwrap_or_else(|| OUT.into());
+                    publish
+                        .basic_publish("".into(), reply_to, BasicPublishOptions { mandatory: true, ..Default::default() }, &d.data, props)
+                        .await?
+                        .await?;
+                    d.ack(BasicAckOptions::default()).await?;
+                }
+                Ok(())
+            }));
+        }
+        Ok(RawRelay { stop, tasks, _conn: conn })
+    }
+
+    async fn stop(self) -> Result<()> {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await??;
+        }
+        Ok(())
+    }
+}
+
+/// warren as the relay: a host with the echo agent as `bench_echo`.
+struct WarrenRelay {
+    host: Arc<Host>,
+    _dir: tempfile::TempDir,
+}
+
+impl WarrenRelay {
+    async fn start(config: &BenchConfig, mode: Mode) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::copy(config.plugins.join("echo.wasm"), dir.path().join(format!("{AGENT}.wasm"))).context("copying echo.wasm")?;
+        let amqp = AmqpBroker::connect(AmqpConfig {
+            exchange: EXCHANGE.into(),
+            prefetch: config.prefetch,
+            reliable: mode == Mode::Reliable,
+            ..AmqpConfig::new(config.amqp_url.clone())
+        })
+        .await?;
+        let host = Host::new(
+            HostConfig {
+                runtime: RuntimeConfig { max_instances: config.consumers, ..RuntimeConfig::default() },
+                dispatch: DispatchConfig { consumers_per_agent: config.consumers, ..DispatchConfig::default() },
+            },
+            Arc::new(amqp),
+        )?;
+        let loaded = host.load_dir(dir.path()).await?;
+        if loaded.is_empty() {
+            bail!("the echo agent did not load");
+        }
+        Ok(WarrenRelay { host, _dir: dir })
+    }
+}
+
+/// Declares warren's topology once (with consumers stopped) so messages can be preloaded.
+async fn declare_warren(config: &BenchConfig) -> Result<()> {
+    let amqp = AmqpBroker::connect(AmqpConfig { exchange: EXCHANGE.into(), ..AmqpConfig::new(config.amqp_url.clone()) }).await?;
+    crate::Broker::declare_agent(&amqp, AGENT).await?;
+    crate::Broker::close(&amqp).await;
+    Ok(())
+}
+
+async fn relay_once(config: &BenchConfig, admin: &Admin, warren: bool, mode: Mode) -> Result<f64> {
+    let n = config.messages;
+    let input = if warren { "agent_bench_echo_queue" } else { RAW_IN };
+    admin.ch.queue_purge(OUT.into(), QueuePurgeOptions::default()).await?;
+    admin.preload(input, n, mode).await?;
+    let timeout = Duration::from_secs(600);
+    if warren {
+        let relay = WarrenRelay::start(config, mode).await?;
+        let started = Instant::now();
+        admin.wait_for(OUT, n, timeout).await?;
+        let elapsed = started.elapsed();
+        relay.host.shutdown().await;
+        Ok(per_sec(n, elapsed))
+    } else {
+        let relay = RawRelay::start(config, mode).await?;
+        let started = Instant::now();
+        admin.wait_for(OUT, n, timeout).await?;
+        let elapsed = started.elapsed();
+        relay.stop().await?;
+        Ok(per_sec(n, elapsed))
+    }
+}
+
+pub async fn throughput(config: &BenchConfig) -> Result<Table> {
+    let admin = Admin::connect(&config.amqp_url).await?;
+    let result = async {
+        let mut t = Table::new(
+            &format!(
+                "RabbitMQ relay throughput: {} messages, 256-byte content, {} consumers, prefetch {}",
+                config.messages, config.consumers, config.prefetch
+            ),
+            &["variant", "warren msg/s", "raw lapin msg/s", "warren / raw", "rounds (warren | raw)"],
+        );
+        declare_warren(config).await?;
+        admin.queue(OUT, true).await?;
+        admin.queue(RAW_IN, true).await?;
+        for mode in [Mode::Reliable, Mode::Transient] {
+            let (mut w, mut r) = (Vec::new(), Vec::new());
+            for _ in 0..config.rounds {
+                w.push(relay_once(config, &admin, true, mode).await?);
+                r.push(relay_once(config, &admin, false, mode).await?);
+            }
+            let (mw, mr) = (median(w.clone()), median(r.clone()));
+            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+            t.row(vec![
+                mode.label().into(),
+                fmt_rate(mw),
+                fmt_rate(mr),
+                format!("{:.2}×", mw / mr),
+                format!("{} | {}", list(&w), list(&r)),
+            ]);
+        }
+        t.note = Some("Medians of alternating rounds; a queue is preloaded, then the relay drains it. Target: warren ≥ 1.0× raw (persistent + confirms).".into());
+        Ok(t)
+    }
+    .await;
+    admin.cleanup().await;
+    result
+}
+
+/// Offers `rate` msg/s for the configured time; returns sorted latencies.
+async fn latency_once(config: &BenchConfig, admin: &Admin, warren: bool, rate: u32) -> Result<Vec<Duration>> {
+    let input = if warren { "agent_bench_echo_queue" } else { RAW_IN };
+    admin.ch.queue_purge(OUT.into(), QueuePurgeOptions::default()).await?;
+    let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
+
+    enum Relay {
+        Warren(WarrenRelay),
+        Raw(RawRelay),
+    }
+    let relay = if warren {
+        Relay::Warren(WarrenRelay::start(config, Mode::Reliable).await?)
+    } else {
+        Relay::Raw(RawRelay::start(config, Mode::Reliable).await?)
+    };
+
+    // The receiving side: timestamps on arrival, keyed by correlation id.
+    let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
+    let rx = conn.create_channel().await?;
+    let mut consumer = rx
+        .basic_consume(OUT.into(), "latency".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    let receiver = tokio::spawn(async move {
+        let mut arrived: HashMap<String, Instant> = HashMap::with_capacity(n);
+        while arrived.len() < n {
+            match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    let id = d.properties.correlation_id().as_ref().map(|s| s.as_str().to_string()).unwrap_or_default();
+                    arrived.entry(id).or_insert_with(Instant::now);
+                }
+                _ => break,
+            }
+        }
+        arrived
+    });
+
+    let body = Body::user(&content(), Default::default()).encode();
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(n);
+    let mut confirms = Vec::with_capacity(n);
+    let start = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    for i in 0..n {
+        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+        let id = format!("lat-{i}");
+        let props = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_correlation_id(id.as_str().into())
+            .with_reply_to(OUT.into())
+            .with_delivery_mode(2);
+        sent.insert(id, Instant::now());
+        confirms.push(admin.ch.basic_publish("".into(), input.into(), BasicPublishOptions::default(), &body, props).await?);
+    }
+    for c in futures::future::join_all(confirms).await {
+        c?;
+    }
+    let arrived = receiver.await?;
+    match relay {
+        Relay::Warren(w) => w.host.shutdown().await,
+        Relay::Raw(r) => r.stop().await?,
+    }
+    if arrived.len() < n {
+        bail!("latency run lost track: {} of {n} arrived", arrived.len());
+    }
+    let mut lat: Vec<Duration> = arrived.iter().filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s))).collect();
+    lat.sort();
+    Ok(lat)
+}
+
+fn pct(lat: &[Duration], p: f64) -> String {
+    if lat.is_empty() {
+        return "-".into();
+    }
+    let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+    format!("{:.2}", lat[i].as_secs_f64() * 1e3)
+}
+
+pub async fn latency(config: &BenchConfig) -> Result<Table> {
+    let admin = Admin::connect(&config.amqp_url).await?;
+    let result = async {
+        let mut t = Table::new(
+            &format!("RabbitMQ end-to-end latency, persistent + confirms ({} s per run), ms", config.latency_seconds),
+            &["offered rate", "relay", "p50", "p99", "max"],
+        );
+        declare_warren(config).await?;
+        admin.queue(OUT, true).await?;
+        admin.queue(RAW_IN, true).await?;
+        for &rate in &config.rates {
+            for warren in [true, false] {
+                let lat = latency_once(config, &admin, warren, rate).await?;
+                t.row(vec![
+                    format!("{rate} msg/s"),
+                    if warren { "warren" } else { "raw lapin" }.into(),
+                    pct(&lat, 0.5),
+                    pct(&lat, 0.99),
+                    pct(&lat, 1.0),
+                ]);
+            }
+        }
+        t.note = Some("From just before the publish to arrival at a consumer of the output queue.".into());
+        Ok(t)
+    }
+    .await;
+    admin.cleanup().await;
+    result
+}
