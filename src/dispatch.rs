@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use futures::StreamExt as _;
 use rand::Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -53,6 +54,10 @@ pub struct DispatchConfig {
     pub backoff_cap: Duration,
     /// Concurrent consumers per agent.
     pub consumers_per_agent: usize,
+    /// Deliveries one consumer handles at once. Above 1, publisher confirms
+    /// of different deliveries overlap instead of queueing one behind another
+    /// (the Wasm calls themselves are bounded by the agent's instance pool).
+    pub in_flight_per_consumer: usize,
 }
 
 impl Default for DispatchConfig {
@@ -64,6 +69,7 @@ impl Default for DispatchConfig {
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(30),
             consumers_per_agent: 4,
+            in_flight_per_consumer: 8,
         }
     }
 }
@@ -150,17 +156,21 @@ impl Dispatcher {
         mut consumer: Box<dyn Consumer>,
         shutdown: CancellationToken,
     ) {
+        let max = self.config.in_flight_per_consumer.max(1);
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
-            let delivery = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                d = consumer.next() => match d {
-                    Some(d) => d,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                d = consumer.next(), if in_flight.len() < max => match d {
+                    Some(d) => in_flight.push(self.handle(&agent, d)),
                     None => break,
                 },
-            };
-            self.handle(&agent, delivery).await;
+            }
         }
+        // Stop taking deliveries, but finish (publish and settle) what was taken.
+        while in_flight.next().await.is_some() {}
         debug!(agent, "consumer stopped");
     }
 

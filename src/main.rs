@@ -215,6 +215,9 @@ struct DispatchArgs {
     /// Concurrent consumers per agent.
     #[arg(long, default_value_t = 4)]
     consumers: usize,
+    /// Deliveries each consumer handles at once (their confirms overlap).
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
 }
 
 impl RuntimeArgs {
@@ -249,6 +252,7 @@ impl HostArgs {
                 backoff_base: Duration::from_millis(d.backoff_base_ms),
                 backoff_cap: Duration::from_millis(d.backoff_cap_ms),
                 consumers_per_agent: d.consumers,
+                in_flight_per_consumer: d.in_flight,
             },
         }
     }

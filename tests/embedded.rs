@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use warren::broker::{Broker, Envelope, HEADER_LAST_ERROR, Route};
+use warren::broker::{Envelope, HEADER_LAST_ERROR, Route};
 use warren::dispatch::{Event, user_envelope};
 use warren::runtime::InstanceMode;
 use warren::{client, names};

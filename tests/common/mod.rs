@@ -51,6 +51,7 @@ pub fn fast_dispatch() -> DispatchConfig {
         backoff_base: Duration::from_millis(5),
         backoff_cap: Duration::from_millis(20),
         consumers_per_agent: 2,
+        in_flight_per_consumer: 4,
     }
 }
 

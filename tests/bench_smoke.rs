@@ -1,0 +1,39 @@
+//! The benchmark suite in miniature (`warren bench --quick`), so its code
+//! cannot rot: every table must come out with numbers in it.
+
+mod common;
+
+use std::process::Command;
+
+use common::rabbit::Vhost;
+use common::*;
+
+#[test]
+fn quick_benchmark_prints_every_table() {
+    let vh = Vhost::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .current_dir(root())
+        .env("WARREN_CACHE_DIR", cache_dir())
+        .args(["bench", "--quick", "--amqp-url", &vh.url()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for title in [
+        "### Wasm cost per message",
+        "### Embedded broker: agent hops per second",
+        "### Scale: start-up",
+        "### RabbitMQ relay throughput",
+        "### RabbitMQ end-to-end latency",
+    ] {
+        assert!(stdout.contains(title), "missing {title}:\n{stdout}");
+    }
+    assert!(stdout.contains("| persistent + confirms |"), "{stdout}");
+    assert!(stdout.contains("| transient, no confirms |"), "{stdout}");
+    assert!(stdout.contains("| rust (plugins/echo.wasm) |"), "{stdout}");
+    assert!(stdout.contains("| 200 msg/s | warren |") && stdout.contains("| 200 msg/s | raw lapin |"), "{stdout}");
+    // The benchmark cleans up after itself.
+    let out = Command::new("rabbitmqctl").args(["list_queues", "-p", &vh.name, "name"]).output().unwrap();
+    let queues = String::from_utf8_lossy(&out.stdout);
+    assert!(!queues.contains("bench_"), "{queues}");
+}
