@@ -143,6 +143,11 @@ impl Dispatcher {
         &self.config
     }
 
+    /// Whether anyone listens: events are built only then (hot path).
+    fn observed(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     fn emit(&self, event: Event) {
         // No subscribers is normal; events are for whoever listens.
         let _ = self.events.send(event);
@@ -186,16 +191,17 @@ impl Dispatcher {
                 let conversation_id = delivery.envelope.conversation_id.clone();
                 match self.publish_all(agent, &planned).await {
                     Ok(()) => {
-                        let outgoing = planned.iter().map(sent).collect();
                         let r = delivery.ack().await;
-                        self.emit(Event::Handled {
-                            agent: agent.into(),
-                            version,
-                            id: id.clone(),
-                            conversation_id,
-                            attempt,
-                            outgoing,
-                        });
+                        if self.observed() {
+                            self.emit(Event::Handled {
+                                agent: agent.into(),
+                                version,
+                                id: id.clone(),
+                                conversation_id,
+                                attempt,
+                                outgoing: planned.iter().map(sent).collect(),
+                            });
+                        }
                         r
                     }
                     Err(e) => {

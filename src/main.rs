@@ -99,7 +99,12 @@ enum Command {
     /// relay, Wasm call cost, embedded-broker hops, start-up and RSS. Prints tables.
     Bench {
         /// RabbitMQ to measure against (temporary `bench_*` queues in its vhost).
-        #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        #[arg(
+            long,
+            env = "WARREN_AMQP_URL",
+            hide_env_values = true,
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
         amqp_url: String,
         /// A smoke run with tiny numbers (what CI runs).
         #[arg(long)]
@@ -373,7 +378,15 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo { host } => {
             warren::demo::run(&host.plugins, host.config(), &mut std::io::stdout()).await
         }
-        Command::Bench { amqp_url, quick, messages, rounds, no_rabbitmq, plugins, output } => {
+        Command::Bench {
+            amqp_url,
+            quick,
+            messages,
+            rounds,
+            no_rabbitmq,
+            plugins,
+            output,
+        } => {
             let exe = std::env::current_exe().context("locating the warren binary")?;
             let mut config = BenchConfig::full(amqp_url, plugins, exe);
             if quick {

@@ -26,12 +26,18 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Er
     Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
+fn null_as_empty_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Map<String, Value>, D::Error> {
+    Ok(Option::<Map<String, Value>>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The JSON body of every message warren sends or accepts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Body {
     #[serde(default)]
     pub messages: Vec<ChatMessage>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty_map")]
     pub context_variables: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_agent: Option<String>,
@@ -52,6 +58,11 @@ impl Body {
 
     /// Decodes a body, saying precisely what is wrong with a bad one.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
+        // The fast path parses once, straight into the struct; only a body
+        // that fails takes the slower path that explains why.
+        if let Ok(body) = serde_json::from_slice::<Body>(bytes) {
+            return Ok(body);
+        }
         let value: Value = serde_json::from_slice(bytes).context("body is not valid JSON")?;
         if !value.is_object() {
             bail!("body is JSON but not an object (found {})", kind(&value));

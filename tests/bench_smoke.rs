@@ -18,7 +18,11 @@ fn quick_benchmark_prints_every_table() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for title in [
         "### Wasm cost per message",
         "### Embedded broker: agent hops per second",
@@ -31,9 +35,15 @@ fn quick_benchmark_prints_every_table() {
     assert!(stdout.contains("| persistent + confirms |"), "{stdout}");
     assert!(stdout.contains("| transient, no confirms |"), "{stdout}");
     assert!(stdout.contains("| rust (plugins/echo.wasm) |"), "{stdout}");
-    assert!(stdout.contains("| 200 msg/s | warren |") && stdout.contains("| 200 msg/s | raw lapin |"), "{stdout}");
+    assert!(
+        stdout.contains("| 200 msg/s | warren |") && stdout.contains("| 200 msg/s | raw lapin |"),
+        "{stdout}"
+    );
     // The benchmark cleans up after itself.
-    let out = Command::new("rabbitmqctl").args(["list_queues", "-p", &vh.name, "name"]).output().unwrap();
+    let out = Command::new("rabbitmqctl")
+        .args(["list_queues", "-p", &vh.name, "name"])
+        .output()
+        .unwrap();
     let queues = String::from_utf8_lossy(&out.stdout);
     assert!(!queues.contains("bench_"), "{queues}");
 }

@@ -48,7 +48,10 @@ fn message(i: usize) -> Message {
         conversation_id: format!("bench-{i}"),
         sender: None,
         recipient: "echo".into(),
-        messages: vec![ChatMessage { role: "user".into(), content: content() }],
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: content(),
+        }],
         context: "{}".into(),
         attempt: 1,
         hops: 0,
@@ -66,11 +69,16 @@ async fn call_cost(path: &Path, mode: InstanceMode, pooling: bool, calls: usize)
     let pool = registry::load_plugin(&runtime, path).await?;
     // Warm up: first calls fault in pages and fill caches.
     for i in 0..calls.min(100) {
-        pool.call(&message(i)).await?.map_err(|f| anyhow::anyhow!("echo failed: {f:?}"))?;
+        pool.call(&message(i))
+            .await?
+            .map_err(|f| anyhow::anyhow!("echo failed: {f:?}"))?;
     }
     let started = Instant::now();
     for i in 0..calls {
-        let out = pool.call(&message(i)).await?.map_err(|f| anyhow::anyhow!("echo failed: {f:?}"))?;
+        let out = pool
+            .call(&message(i))
+            .await?
+            .map_err(|f| anyhow::anyhow!("echo failed: {f:?}"))?;
         std::hint::black_box(out);
     }
     Ok(started.elapsed().as_secs_f64() * 1e6 / calls as f64)
@@ -79,7 +87,13 @@ async fn call_cost(path: &Path, mode: InstanceMode, pooling: bool, calls: usize)
 pub async fn wasm_cost(config: &BenchConfig) -> Result<Table> {
     let mut t = Table::new(
         "Wasm cost per message (echo agent, 256-byte content, host call path included)",
-        &["guest", "size", "reused instance", "fresh instance", "fresh instance (pooling)"],
+        &[
+            "guest",
+            "size",
+            "reused instance",
+            "fresh instance",
+            "fresh instance (pooling)",
+        ],
     );
     let builds = echo_builds(&config.plugins);
     if builds.is_empty() {
@@ -99,7 +113,11 @@ pub async fn wasm_cost(config: &BenchConfig) -> Result<Table> {
             format!("{pooled:.1} µs"),
         ]);
     }
-    t.note = Some(format!("{} calls reused, {} fresh; target for the Rust echo agent: ≤ 10 µs reused.", config.calls, (config.calls / 10).max(20)));
+    t.note = Some(format!(
+        "{} calls reused, {} fresh; target for the Rust echo agent: ≤ 10 µs reused.",
+        config.calls,
+        (config.calls / 10).max(20)
+    ));
     Ok(t)
 }
 
@@ -109,12 +127,23 @@ pub async fn embedded_hops(config: &BenchConfig) -> Result<Table> {
         &["messages", "consumers", "seconds", "hops/s"],
     );
     let dir = tempfile::tempdir()?;
-    std::fs::copy(config.plugins.join("echo.wasm"), dir.path().join("echo.wasm")).context("copying echo.wasm")?;
+    std::fs::copy(
+        config.plugins.join("echo.wasm"),
+        dir.path().join("echo.wasm"),
+    )
+    .context("copying echo.wasm")?;
     let broker = Arc::new(MemoryBroker::new());
     let host = Host::new(
         HostConfig {
-            runtime: RuntimeConfig { max_instances: config.consumers, ..RuntimeConfig::default() },
-            dispatch: DispatchConfig { consumers_per_agent: config.consumers, ..DispatchConfig::default() },
+            runtime: RuntimeConfig {
+                max_instances: config.consumers,
+                ..RuntimeConfig::default()
+            },
+            dispatch: DispatchConfig {
+                consumers_per_agent: config.consumers,
+                in_flight_per_consumer: config.in_flight,
+                ..DispatchConfig::default()
+            },
         },
         broker.clone(),
     )?;
@@ -128,7 +157,9 @@ pub async fn embedded_hops(config: &BenchConfig) -> Result<Table> {
         tokio::spawn(async move {
             for _ in 0..n {
                 let env = user_envelope(&body_text, Default::default(), Some(reply_to.clone()));
-                broker.publish(&crate::broker::Route::Agent("echo".into()), env).await?;
+                broker
+                    .publish(&crate::broker::Route::Agent("echo".into()), env)
+                    .await?;
             }
             anyhow::Ok(())
         })
@@ -143,8 +174,16 @@ pub async fn embedded_hops(config: &BenchConfig) -> Result<Table> {
     let elapsed = started.elapsed();
     publisher.await??;
     host.shutdown().await;
-    t.row(vec![n.to_string(), config.consumers.to_string(), format!("{:.2}", elapsed.as_secs_f64()), fmt_rate(per_sec(n, elapsed))]);
-    t.note = Some("Each hop: dequeue → decode → Wasm call → encode → publish → ack. Target ≥ 100k hops/s.".into());
+    t.row(vec![
+        n.to_string(),
+        config.consumers.to_string(),
+        format!("{:.2}", elapsed.as_secs_f64()),
+        fmt_rate(per_sec(n, elapsed)),
+    ]);
+    t.note = Some(
+        "Each hop: dequeue → decode → Wasm call → encode → publish → ack. Target ≥ 100k hops/s."
+            .into(),
+    );
     Ok(t)
 }
 
@@ -185,7 +224,12 @@ fn rss_mib(pid: u32) -> Result<f64> {
 }
 
 /// Starts `warren run` on `dir` and returns (time until every agent serves, RSS after 1 s idle).
-async fn start_host(config: &BenchConfig, dir: &Path, cache: &Path, agents: usize) -> Result<(Duration, f64)> {
+async fn start_host(
+    config: &BenchConfig,
+    dir: &Path,
+    cache: &Path,
+    agents: usize,
+) -> Result<(Duration, f64)> {
     let sock = dir.join("control.sock");
     let started = Instant::now();
     let mut child = std::process::Command::new(&config.warren_exe)
@@ -217,7 +261,9 @@ async fn start_host(config: &BenchConfig, dir: &Path, cache: &Path, agents: usiz
         Ok((ready, rss_mib(child.id())?))
     }
     .await;
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     result
 }
@@ -225,14 +271,22 @@ async fn start_host(config: &BenchConfig, dir: &Path, cache: &Path, agents: usiz
 pub async fn scale(config: &BenchConfig) -> Result<Table> {
     let mut t = Table::new(
         "Scale: start-up until every agent consumes, and idle RSS (embedded broker)",
-        &["agents", "start, cold compile cache", "start, warm cache", "idle RSS (warm)"],
+        &[
+            "agents",
+            "start, cold compile cache",
+            "start, warm cache",
+            "idle RSS (warm)",
+        ],
     );
     let echo = std::fs::read(config.plugins.join("echo.wasm")).context("reading echo.wasm")?;
     for &k in &config.scale {
         let dir = tempfile::tempdir()?;
         let cache = tempfile::tempdir()?;
         for i in 0..k {
-            std::fs::write(dir.path().join(format!("echo_{i}.wasm")), distinct_copy(&echo, &i.to_string()))?;
+            std::fs::write(
+                dir.path().join(format!("echo_{i}.wasm")),
+                distinct_copy(&echo, &i.to_string()),
+            )?;
         }
         let (cold, _) = start_host(config, dir.path(), cache.path(), k).await?;
         let (warm, rss) = start_host(config, dir.path(), cache.path(), k).await?;

@@ -33,6 +33,8 @@ pub struct BenchConfig {
     /// Consumers (warren: per agent) and prefetch, identical for both relays.
     pub consumers: usize,
     pub prefetch: u16,
+    /// Deliveries each consumer handles at once (both relays).
+    pub in_flight: usize,
     /// Calls per Wasm cost measurement.
     pub calls: usize,
     /// Agent counts for the scale table.
@@ -56,6 +58,7 @@ impl BenchConfig {
             latency_seconds: 5.0,
             consumers: 4,
             prefetch: 64,
+            in_flight: 8,
             calls: 20_000,
             scale: vec![1, 10, 100],
             plugins,

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -60,7 +61,12 @@ impl Admin {
     async fn connect(url: &str) -> Result<Self> {
         let conn = Connection::connect(url, ConnectionProperties::default())
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ at {}: {e}", crate::broker::amqp::redact(url)))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to RabbitMQ at {}: {e}",
+                    crate::broker::amqp::redact(url)
+                )
+            })?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Admin { _conn: conn, ch })
@@ -68,16 +74,32 @@ impl Admin {
 
     async fn queue(&self, name: &str, durable: bool) -> Result<()> {
         self.ch
-            .queue_declare(name.into(), QueueDeclareOptions { durable, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
-        self.ch.queue_purge(name.into(), QueuePurgeOptions::default()).await?;
+        self.ch
+            .queue_purge(name.into(), QueuePurgeOptions::default())
+            .await?;
         Ok(())
     }
 
     async fn count(&self, name: &str) -> Result<u32> {
         let q = self
             .ch
-            .queue_declare(name.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
         Ok(q.message_count())
     }
@@ -93,7 +115,17 @@ impl Admin {
                 .with_correlation_id(id.as_str().into())
                 .with_reply_to(OUT.into())
                 .with_delivery_mode(if mode == Mode::Reliable { 2 } else { 1 });
-            pending.push(self.ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, props).await?);
+            pending.push(
+                self.ch
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        props,
+                    )
+                    .await?,
+            );
             if pending.len() >= 1000 {
                 for c in futures::future::join_all(pending.drain(..)).await {
                     c?;
@@ -121,10 +153,21 @@ impl Admin {
     }
 
     async fn cleanup(&self) {
-        for q in [OUT, RAW_IN, "agent_bench_echo_queue", "agent_bench_echo_queue.dlq"] {
-            let _ = self.ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
+        for q in [
+            OUT,
+            RAW_IN,
+            "agent_bench_echo_queue",
+            "agent_bench_echo_queue.dlq",
+        ] {
+            let _ = self
+                .ch
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await;
         }
-        let _ = self.ch.exchange_delete(EXCHANGE.into(), ExchangeDeleteOptions::default()).await;
+        let _ = self
+            .ch
+            .exchange_delete(EXCHANGE.into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }
 
@@ -136,45 +179,58 @@ struct RawRelay {
 }
 
 impl RawRelay {
-    async fn start(config: &BenchConfig, mode: Mode) -> Result<Self> {
+    async fn start(config: &BenchConfig, mode: Mode, headers: bool) -> Result<Self> {
         let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
         let publish = conn.create_channel().await?;
         if mode == Mode::Reliable {
-            publish.confirm_select(ConfirmSelectOptions::default()).await?;
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
         }
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         for i in 0..config.consumers {
             let ch = conn.create_channel().await?;
-            ch.basic_qos(config.prefetch, BasicQosOptions::default()).await?;
+            ch.basic_qos(config.prefetch, BasicQosOptions::default())
+                .await?;
             let mut consumer = ch
-                .basic_consume(RAW_IN.into(), format!("raw-{i}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    RAW_IN.into(),
+                    format!("raw-{i}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
             let publish = publish.clone();
             let stop = stop.clone();
+            let max = config.in_flight.max(1);
             tasks.push(tokio::spawn(async move {
                 let _ch = ch;
+                // Same shape as warren's consumer: up to `max` deliveries in
+                // flight, each acked after its own confirm.
+                let mut in_flight = futures::stream::FuturesUnordered::new();
                 loop {
-                    let d = tokio::select! {
+                    tokio::select! {
+                        biased;
                         _ = stop.cancelled() => break,
-                        d = consumer.next() => match d { Some(d) => d?, None => break },
-                    };
-                    let props = BasicProperties::default()
-                        .with_message_id(d.properties.message_id().clone().unwrap_or_default())
-                        .with_correlation_id(d.properties.correlation_id().clone().unwrap_or_default())
-                        .with_content_type("application/json".into())
-                        .with_delivery_mode(if mode == Mode::Reliable { 2 } else { 1 });
-                    let reply_to = d.properties.reply_to().clone().unwrap_or_else(|| OUT.into());
-                    publish
-                        .basic_publish("".into(), reply_to, BasicPublishOptions { mandatory: true, ..Default::default() }, &d.data, props)
-                        .await?
-                        .await?;
-                    d.ack(BasicAckOptions::default()).await?;
+                        Some(r) = in_flight.next(), if !in_flight.is_empty() => r?,
+                        d = consumer.next(), if in_flight.len() < max => match d {
+                            Some(d) => in_flight.push(relay_one(publish.clone(), d?, mode, headers)),
+                            None => break,
+                        },
+                    }
+                }
+                while let Some(r) = in_flight.next().await {
+                    r?;
                 }
                 Ok(())
             }));
         }
-        Ok(RawRelay { stop, tasks, _conn: conn })
+        Ok(RawRelay {
+            stop,
+            tasks,
+            _conn: conn,
+        })
     }
 
     async fn stop(self) -> Result<()> {
@@ -186,6 +242,58 @@ impl RawRelay {
     }
 }
 
+/// Forwards one delivery: publish → confirm → ack.
+async fn relay_one(
+    publish: Channel,
+    d: lapin::message::Delivery,
+    mode: Mode,
+    headers: bool,
+) -> Result<()> {
+    let props = BasicProperties::default()
+        .with_message_id(d.properties.message_id().clone().unwrap_or_default())
+        .with_correlation_id(d.properties.correlation_id().clone().unwrap_or_default())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(if mode == Mode::Reliable { 2 } else { 1 });
+    let mut props = props;
+    if headers {
+        // What warren carries on an agent's output (sender, hops, version).
+        let mut h = FieldTable::default();
+        h.insert(
+            "x-warren-sender".into(),
+            lapin::types::AMQPValue::LongString("bench_echo".into()),
+        );
+        h.insert(
+            "x-warren-hops".into(),
+            lapin::types::AMQPValue::LongLongInt(1),
+        );
+        h.insert(
+            "x-warren-agent-version".into(),
+            lapin::types::AMQPValue::LongString("d80f4de5104c".into()),
+        );
+        props = props.with_headers(h).with_timestamp(1);
+    }
+    let reply_to = d
+        .properties
+        .reply_to()
+        .clone()
+        .unwrap_or_else(|| OUT.into());
+    publish
+        .basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &d.data,
+            props,
+        )
+        .await?
+        .await?;
+    d.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
 /// warren as the relay: a host with the echo agent as `bench_echo`.
 struct WarrenRelay {
     host: Arc<Host>,
@@ -195,7 +303,11 @@ struct WarrenRelay {
 impl WarrenRelay {
     async fn start(config: &BenchConfig, mode: Mode) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        std::fs::copy(config.plugins.join("echo.wasm"), dir.path().join(format!("{AGENT}.wasm"))).context("copying echo.wasm")?;
+        std::fs::copy(
+            config.plugins.join("echo.wasm"),
+            dir.path().join(format!("{AGENT}.wasm")),
+        )
+        .context("copying echo.wasm")?;
         let amqp = AmqpBroker::connect(AmqpConfig {
             exchange: EXCHANGE.into(),
             prefetch: config.prefetch,
@@ -205,8 +317,15 @@ impl WarrenRelay {
         .await?;
         let host = Host::new(
             HostConfig {
-                runtime: RuntimeConfig { max_instances: config.consumers, ..RuntimeConfig::default() },
-                dispatch: DispatchConfig { consumers_per_agent: config.consumers, ..DispatchConfig::default() },
+                runtime: RuntimeConfig {
+                    max_instances: config.consumers,
+                    ..RuntimeConfig::default()
+                },
+                dispatch: DispatchConfig {
+                    consumers_per_agent: config.consumers,
+                    in_flight_per_consumer: config.in_flight,
+                    ..DispatchConfig::default()
+                },
             },
             Arc::new(amqp),
         )?;
@@ -220,16 +339,37 @@ impl WarrenRelay {
 
 /// Declares warren's topology once (with consumers stopped) so messages can be preloaded.
 async fn declare_warren(config: &BenchConfig) -> Result<()> {
-    let amqp = AmqpBroker::connect(AmqpConfig { exchange: EXCHANGE.into(), ..AmqpConfig::new(config.amqp_url.clone()) }).await?;
+    let amqp = AmqpBroker::connect(AmqpConfig {
+        exchange: EXCHANGE.into(),
+        ..AmqpConfig::new(config.amqp_url.clone())
+    })
+    .await?;
     crate::Broker::declare_agent(&amqp, AGENT).await?;
     crate::Broker::close(&amqp).await;
     Ok(())
 }
 
-async fn relay_once(config: &BenchConfig, admin: &Admin, warren: bool, mode: Mode) -> Result<f64> {
+/// Which relay drains the queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    Warren,
+    Raw,
+    /// The raw relay adding the headers warren puts on every message.
+    RawWithHeaders,
+}
+
+async fn relay_once(config: &BenchConfig, admin: &Admin, relay: Relay, mode: Mode) -> Result<f64> {
     let n = config.messages;
-    let input = if warren { "agent_bench_echo_queue" } else { RAW_IN };
-    admin.ch.queue_purge(OUT.into(), QueuePurgeOptions::default()).await?;
+    let warren = relay == Relay::Warren;
+    let input = if warren {
+        "agent_bench_echo_queue"
+    } else {
+        RAW_IN
+    };
+    admin
+        .ch
+        .queue_purge(OUT.into(), QueuePurgeOptions::default())
+        .await?;
     admin.preload(input, n, mode).await?;
     let timeout = Duration::from_secs(600);
     if warren {
@@ -240,7 +380,7 @@ async fn relay_once(config: &BenchConfig, admin: &Admin, warren: bool, mode: Mod
         relay.host.shutdown().await;
         Ok(per_sec(n, elapsed))
     } else {
-        let relay = RawRelay::start(config, mode).await?;
+        let relay = RawRelay::start(config, mode, relay == Relay::RawWithHeaders).await?;
         let started = Instant::now();
         admin.wait_for(OUT, n, timeout).await?;
         let elapsed = started.elapsed();
@@ -254,31 +394,38 @@ pub async fn throughput(config: &BenchConfig) -> Result<Table> {
     let result = async {
         let mut t = Table::new(
             &format!(
-                "RabbitMQ relay throughput: {} messages, 256-byte content, {} consumers, prefetch {}",
-                config.messages, config.consumers, config.prefetch
+                "RabbitMQ relay throughput: {} messages, 256-byte content, {} consumers × {} in flight, prefetch {}",
+                config.messages, config.consumers, config.in_flight, config.prefetch
             ),
-            &["variant", "warren msg/s", "raw lapin msg/s", "warren / raw", "rounds (warren | raw)"],
+            &["variant", "warren msg/s", "raw lapin msg/s", "warren / raw", "raw + warren's headers msg/s", "warren / (raw + headers)"],
         );
         declare_warren(config).await?;
         admin.queue(OUT, true).await?;
         admin.queue(RAW_IN, true).await?;
         for mode in [Mode::Reliable, Mode::Transient] {
-            let (mut w, mut r) = (Vec::new(), Vec::new());
+            let (mut w, mut r, mut h) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..config.rounds {
-                w.push(relay_once(config, &admin, true, mode).await?);
-                r.push(relay_once(config, &admin, false, mode).await?);
+                w.push(relay_once(config, &admin, Relay::Warren, mode).await?);
+                r.push(relay_once(config, &admin, Relay::Raw, mode).await?);
+                h.push(relay_once(config, &admin, Relay::RawWithHeaders, mode).await?);
             }
-            let (mw, mr) = (median(w.clone()), median(r.clone()));
-            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+            let (mw, mr, mh) = (median(w), median(r), median(h));
             t.row(vec![
                 mode.label().into(),
                 fmt_rate(mw),
                 fmt_rate(mr),
                 format!("{:.2}×", mw / mr),
-                format!("{} | {}", list(&w), list(&r)),
+                fmt_rate(mh),
+                format!("{:.2}×", mw / mh),
             ]);
         }
-        t.note = Some("Medians of alternating rounds; a queue is preloaded, then the relay drains it. Target: warren ≥ 1.0× raw (persistent + confirms).".into());
+        t.note = Some(format!(
+            "Medians of {} alternating rounds; a queue is preloaded, then the relay drains it. \
+             Target: warren ≥ 1.0× raw (persistent + confirms). The third relay is the raw one \
+             adding the headers warren puts on an agent's output (sender, hops, version): it separates \
+             what the headers cost the broker from what the sandbox costs.",
+            config.rounds
+        ));
         Ok(t)
     }
     .await;
@@ -287,33 +434,58 @@ pub async fn throughput(config: &BenchConfig) -> Result<Table> {
 }
 
 /// Offers `rate` msg/s for the configured time; returns sorted latencies.
-async fn latency_once(config: &BenchConfig, admin: &Admin, warren: bool, rate: u32) -> Result<Vec<Duration>> {
-    let input = if warren { "agent_bench_echo_queue" } else { RAW_IN };
-    admin.ch.queue_purge(OUT.into(), QueuePurgeOptions::default()).await?;
+async fn latency_once(
+    config: &BenchConfig,
+    admin: &Admin,
+    warren: bool,
+    rate: u32,
+) -> Result<Vec<Duration>> {
+    let input = if warren {
+        "agent_bench_echo_queue"
+    } else {
+        RAW_IN
+    };
+    admin
+        .ch
+        .queue_purge(OUT.into(), QueuePurgeOptions::default())
+        .await?;
     let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
 
-    enum Relay {
+    enum Running {
         Warren(WarrenRelay),
         Raw(RawRelay),
     }
     let relay = if warren {
-        Relay::Warren(WarrenRelay::start(config, Mode::Reliable).await?)
+        Running::Warren(WarrenRelay::start(config, Mode::Reliable).await?)
     } else {
-        Relay::Raw(RawRelay::start(config, Mode::Reliable).await?)
+        Running::Raw(RawRelay::start(config, Mode::Reliable, false).await?)
     };
 
     // The receiving side: timestamps on arrival, keyed by correlation id.
     let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
     let rx = conn.create_channel().await?;
     let mut consumer = rx
-        .basic_consume(OUT.into(), "latency".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            OUT.into(),
+            "latency".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     let receiver = tokio::spawn(async move {
         let mut arrived: HashMap<String, Instant> = HashMap::with_capacity(n);
         while arrived.len() < n {
             match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
                 Ok(Some(Ok(d))) => {
-                    let id = d.properties.correlation_id().as_ref().map(|s| s.as_str().to_string()).unwrap_or_default();
+                    let id = d
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default();
                     arrived.entry(id).or_insert_with(Instant::now);
                 }
                 _ => break,
@@ -336,20 +508,34 @@ async fn latency_once(config: &BenchConfig, admin: &Admin, warren: bool, rate: u
             .with_reply_to(OUT.into())
             .with_delivery_mode(2);
         sent.insert(id, Instant::now());
-        confirms.push(admin.ch.basic_publish("".into(), input.into(), BasicPublishOptions::default(), &body, props).await?);
+        confirms.push(
+            admin
+                .ch
+                .basic_publish(
+                    "".into(),
+                    input.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await?,
+        );
     }
     for c in futures::future::join_all(confirms).await {
         c?;
     }
     let arrived = receiver.await?;
     match relay {
-        Relay::Warren(w) => w.host.shutdown().await,
-        Relay::Raw(r) => r.stop().await?,
+        Running::Warren(w) => w.host.shutdown().await,
+        Running::Raw(r) => r.stop().await?,
     }
     if arrived.len() < n {
         bail!("latency run lost track: {} of {n} arrived", arrived.len());
     }
-    let mut lat: Vec<Duration> = arrived.iter().filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s))).collect();
+    let mut lat: Vec<Duration> = arrived
+        .iter()
+        .filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s)))
+        .collect();
     lat.sort();
     Ok(lat)
 }
@@ -366,7 +552,10 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
     let admin = Admin::connect(&config.amqp_url).await?;
     let result = async {
         let mut t = Table::new(
-            &format!("RabbitMQ end-to-end latency, persistent + confirms ({} s per run), ms", config.latency_seconds),
+            &format!(
+                "RabbitMQ end-to-end latency, persistent + confirms ({} s per run), ms",
+                config.latency_seconds
+            ),
             &["offered rate", "relay", "p50", "p99", "max"],
         );
         declare_warren(config).await?;
@@ -384,7 +573,9 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
                 ]);
             }
         }
-        t.note = Some("From just before the publish to arrival at a consumer of the output queue.".into());
+        t.note = Some(
+            "From just before the publish to arrival at a consumer of the output queue.".into(),
+        );
         Ok(t)
     }
     .await;

@@ -424,11 +424,17 @@ fn properties(env: &Envelope, extra: &Extra<'_>) -> BasicProperties {
             AMQPValue::LongString(sender.as_str().into()),
         );
     }
-    headers.insert(HEADER_HOPS.into(), AMQPValue::LongLongInt(env.hops as i64));
-    headers.insert(
-        HEADER_ATTEMPT.into(),
-        AMQPValue::LongLongInt(env.attempt as i64),
-    );
+    // Defaults (hops 0, attempt 1) are left out: every header costs the
+    // broker on every message (see BENCHMARKS.md), and absent means default.
+    if env.hops > 0 {
+        headers.insert(HEADER_HOPS.into(), AMQPValue::LongLongInt(env.hops as i64));
+    }
+    if env.attempt > 1 {
+        headers.insert(
+            HEADER_ATTEMPT.into(),
+            AMQPValue::LongLongInt(env.attempt as i64),
+        );
+    }
     if let Some(reason) = extra.reason {
         headers.insert(HEADER_REASON.into(), AMQPValue::LongString(reason.into()));
     }
