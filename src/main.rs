@@ -59,20 +59,16 @@ enum Command {
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
-        #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
-        control: PathBuf,
         #[command(flatten)]
-        broker: BrokerArgs,
+        remote: RemoteArgs,
     },
     /// Show each agent's queue: message_count, consumer_count, routing_key, status.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
-        control: PathBuf,
         #[command(flatten)]
-        broker: BrokerArgs,
+        remote: RemoteArgs,
         /// With RabbitMQ: report the agents of this plugins folder...
         #[arg(long, env = "WARREN_PLUGINS", default_value = "plugins")]
         plugins: PathBuf,
@@ -136,6 +132,16 @@ struct HostArgs {
     runtime: RuntimeArgs,
     #[command(flatten)]
     dispatch: DispatchArgs,
+}
+
+/// How `send` and `status` reach warren: RabbitMQ when a URL is given,
+/// otherwise the control socket of a host running the embedded broker.
+#[derive(Args)]
+struct RemoteArgs {
+    #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
+    control: PathBuf,
+    #[command(flatten)]
+    broker: BrokerArgs,
 }
 
 #[derive(Args)]
@@ -310,8 +316,7 @@ async fn run(command: Command) -> Result<()> {
             wait,
             timeout,
             json,
-            control,
-            broker,
+            remote: RemoteArgs { control, broker },
         } => {
             let context = wire::parse_context(&context).context("--context")?;
             let wait = wait.then(|| Duration::from_secs_f64(timeout));
@@ -335,8 +340,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Status {
             json,
-            control,
-            broker,
+            remote: RemoteArgs { control, broker },
             plugins,
             agents,
         } => {

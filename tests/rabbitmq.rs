@@ -120,14 +120,7 @@ async fn collect_replies(
         )
         .await
         .unwrap();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while seen.len() < expected {
-        let d = match tokio::time::timeout_at(deadline, consumer.next()).await {
-            Ok(Some(Ok(d))) => d,
-            Ok(other) => panic!("reply consumer ended: {other:?}"),
-            Err(_) => panic!("timed out: {} of {expected} replies", seen.len()),
-        };
+    async fn record(seen: &mut HashMap<String, usize>, d: lapin::message::Delivery) {
         let cid = d
             .properties
             .correlation_id()
@@ -138,19 +131,21 @@ async fn collect_replies(
         *seen.entry(cid).or_default() += 1;
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while seen.len() < expected {
+        let d = match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => d,
+            Ok(other) => panic!("reply consumer ended: {other:?}"),
+            Err(_) => panic!("timed out: {} of {expected} replies", seen.len()),
+        };
+        record(&mut seen, d).await;
+    }
     // Let stragglers (duplicates) arrive before counting.
     while let Ok(Some(Ok(d))) =
         tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
     {
-        let cid = d
-            .properties
-            .correlation_id()
-            .as_ref()
-            .unwrap()
-            .as_str()
-            .to_string();
-        *seen.entry(cid).or_default() += 1;
-        d.ack(BasicAckOptions::default()).await.unwrap();
+        record(&mut seen, d).await;
     }
     seen
 }

@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result, bail};
 use super::{BenchConfig, Table, fmt_rate, per_sec};
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
-use crate::dispatch::{DispatchConfig, user_envelope};
-use crate::host::{Host, HostConfig};
+use crate::dispatch::user_envelope;
+use crate::host::Host;
 use crate::registry;
 use crate::runtime::{ChatMessage, InstanceMode, Message, Runtime, RuntimeConfig};
 
@@ -133,20 +133,7 @@ pub async fn embedded_hops(config: &BenchConfig) -> Result<Table> {
     )
     .context("copying echo.wasm")?;
     let broker = Arc::new(MemoryBroker::new());
-    let host = Host::new(
-        HostConfig {
-            runtime: RuntimeConfig {
-                max_instances: config.consumers,
-                ..RuntimeConfig::default()
-            },
-            dispatch: DispatchConfig {
-                consumers_per_agent: config.consumers,
-                in_flight_per_consumer: config.in_flight,
-                ..DispatchConfig::default()
-            },
-        },
-        broker.clone(),
-    )?;
+    let host = Host::new(config.host_config(), broker.clone())?;
     host.load_dir(dir.path()).await?;
     let (reply_to, mut replies) = broker.reply_queue().await?;
     let n = config.messages;

@@ -67,6 +67,22 @@ impl BenchConfig {
         }
     }
 
+    /// The host settings both warren relays use: the same consumers and
+    /// in-flight window as the raw relay.
+    pub fn host_config(&self) -> crate::HostConfig {
+        crate::HostConfig {
+            runtime: crate::runtime::RuntimeConfig {
+                max_instances: self.consumers,
+                ..Default::default()
+            },
+            dispatch: crate::dispatch::DispatchConfig {
+                consumers_per_agent: self.consumers,
+                in_flight_per_consumer: self.in_flight,
+                ..Default::default()
+            },
+        }
+    }
+
     /// A smoke run (CI): every code path, tiny numbers.
     pub fn quick(mut self) -> Self {
         self.messages = 300;

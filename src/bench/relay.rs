@@ -24,9 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::local::content;
 use super::{BenchConfig, Table, fmt_rate, median, per_sec};
 use crate::broker::amqp::{AmqpBroker, AmqpConfig};
-use crate::dispatch::DispatchConfig;
-use crate::host::{Host, HostConfig};
-use crate::runtime::RuntimeConfig;
+use crate::host::Host;
 use crate::wire::Body;
 
 const OUT: &str = "bench_out";
@@ -315,20 +313,7 @@ impl WarrenRelay {
             ..AmqpConfig::new(config.amqp_url.clone())
         })
         .await?;
-        let host = Host::new(
-            HostConfig {
-                runtime: RuntimeConfig {
-                    max_instances: config.consumers,
-                    ..RuntimeConfig::default()
-                },
-                dispatch: DispatchConfig {
-                    consumers_per_agent: config.consumers,
-                    in_flight_per_consumer: config.in_flight,
-                    ..DispatchConfig::default()
-                },
-            },
-            Arc::new(amqp),
-        )?;
+        let host = Host::new(config.host_config(), Arc::new(amqp))?;
         let loaded = host.load_dir(dir.path()).await?;
         if loaded.is_empty() {
             bail!("the echo agent did not load");

@@ -44,8 +44,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use super::{
-    Acker, Broker, Consumer, DeadLetter, Delivery, Envelope, HEADER_LAST_ERROR, QueueStats, Route,
-    Unroutable,
+    Acker, Broker, Consumer, DeadLetter, Delivery, Envelope, QueueStats, Route, Unroutable,
 };
 use crate::names;
 
@@ -793,10 +792,7 @@ impl Acker for AmqpAcker {
         reason: &str,
     ) -> Result<()> {
         let agent = self.agent()?;
-        envelope.attempt += 1;
-        envelope
-            .headers
-            .insert(HEADER_LAST_ERROR.into(), reason.to_string());
+        envelope.next_attempt(reason);
         let queue = self.inner.delay_queue(agent, delay).await?;
         let extra = Extra {
             expiration: Some(delay),

@@ -16,8 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Acker, Broker, Consumer, DeadLetter, Delivery, Envelope, HEADER_LAST_ERROR, QueueStats, Route,
-    Unroutable,
+    Acker, Broker, Consumer, DeadLetter, Delivery, Envelope, QueueStats, Route, Unroutable,
 };
 use crate::names;
 
@@ -285,10 +284,7 @@ impl Acker for MemoryAcker {
         delay: Duration,
         reason: &str,
     ) -> Result<()> {
-        envelope.attempt += 1;
-        envelope
-            .headers
-            .insert(HEADER_LAST_ERROR.into(), reason.to_string());
+        envelope.next_attempt(reason);
         {
             let mut st = self.queue.lock();
             st.unacked = st.unacked.saturating_sub(1);
@@ -322,6 +318,7 @@ impl Acker for MemoryAcker {
 
 #[cfg(test)]
 mod tests {
+    use super::super::HEADER_LAST_ERROR;
     use super::*;
 
     fn env(id: &str) -> Envelope {

@@ -46,6 +46,16 @@ pub struct Envelope {
     pub body: Vec<u8>,
 }
 
+impl Envelope {
+    /// Turns this envelope into its own next delivery after a failed
+    /// attempt: `attempt + 1`, with the reason recorded in a header.
+    pub fn next_attempt(&mut self, reason: &str) {
+        self.attempt += 1;
+        self.headers
+            .insert(HEADER_LAST_ERROR.to_string(), reason.to_string());
+    }
+}
+
 /// Header naming why the previous attempt failed.
 pub const HEADER_LAST_ERROR: &str = "x-warren-last-error";
 /// Header carrying the content hash of the agent version that produced a message.
