@@ -1,0 +1,107 @@
+//! The sandbox: hostile guests (tests/fixtures/chaos) are stopped with a
+//! reason naming the failure, find no way out, and never take the host down.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use warren::client;
+use warren::dispatch::{Event, user_envelope};
+use warren::runtime::{InstanceMode, RuntimeConfig};
+
+fn tight() -> RuntimeConfig {
+    RuntimeConfig {
+        deadline: Duration::from_millis(300),
+        max_memory: 32 << 20,
+        ..runtime_config(InstanceMode::Reuse)
+    }
+}
+
+async fn dead_letter_for(t: &mut TestHost, command: &str) -> String {
+    let env = user_envelope(command, Default::default(), None);
+    let id = env.id.clone();
+    t.host.publish("chaos", env).await.unwrap();
+    t.dead_letter_of(&id).await
+}
+
+async fn still_serving(t: &TestHost) {
+    for agent in ["chaos", "echo"] {
+        let r = client::send(
+            t.broker.as_ref(),
+            agent,
+            "still there?",
+            Default::default(),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{agent} stopped serving: {e:#}"));
+        assert!(r.reply.is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_is_stopped_by_the_deadline() {
+    let mut t = start_with(&["chaos", "echo"], tight(), fast_dispatch()).await;
+    let reason = dead_letter_for(&mut t, "spin").await;
+    assert!(
+        reason.starts_with("guest failed: deadline exceeded"),
+        "{reason}"
+    );
+    assert!(reason.contains("gave up after 2 attempts"), "{reason}");
+    still_serving(&t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_is_stopped_by_the_memory_limit() {
+    let mut t = start_with(&["chaos", "echo"], tight(), fast_dispatch()).await;
+    let reason = dead_letter_for(&mut t, "bomb").await;
+    assert!(
+        reason.starts_with("guest failed: memory limit hit"),
+        "{reason}"
+    );
+    still_serving(&t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_overflow_is_a_named_failure() {
+    let mut t = start_with(&["chaos", "echo"], tight(), fast_dispatch()).await;
+    let reason = dead_letter_for(&mut t, "recurse").await;
+    assert!(
+        reason.starts_with("guest failed: stack overflow"),
+        "{reason}"
+    );
+    still_serving(&t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_finds_no_files_environment_or_network() {
+    let mut t = start_with(&["chaos"], tight(), fast_dispatch()).await;
+    // Something to find, were the environment inherited.
+    unsafe { std::env::set_var("WARREN_TEST_SECRET", "hunter2") };
+    let r = client::send(
+        t.broker.as_ref(),
+        "chaos",
+        "escape",
+        Default::default(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    let report = r.reply.unwrap().text;
+    assert!(
+        !report.contains("OPEN"),
+        "the sandbox let something through: {report}"
+    );
+    assert!(report.contains("fs /etc/passwd: denied"), "{report}");
+    assert!(report.contains("env: empty"), "{report}");
+    assert!(report.contains("args: 0"), "{report}");
+    assert!(report.contains("net 127.0.0.1:5672: denied"), "{report}");
+    assert!(report.contains("dns localhost: denied"), "{report}");
+    // Nothing was dead-lettered: denial is an answer, not a crash.
+    assert!(t.broker.dead_letters("chaos").await.unwrap().is_empty());
+    let _ = t
+        .events
+        .try_recv()
+        .map(|e| assert!(!matches!(e, Event::DeadLettered { .. })));
+}
