@@ -54,6 +54,10 @@ pub struct DispatchConfig {
     pub backoff_cap: Duration,
     /// Concurrent consumers per agent.
     pub consumers_per_agent: usize,
+    /// Most messages one `on-message` call may return.
+    pub max_outgoing: usize,
+    /// Largest body accepted in or produced out, in bytes.
+    pub max_message_bytes: usize,
     /// Deliveries one consumer handles at once. Above 1, publisher confirms
     /// of different deliveries overlap instead of queueing one behind another
     /// (the Wasm calls themselves are bounded by the agent's instance pool).
@@ -70,6 +74,8 @@ impl Default for DispatchConfig {
             backoff_cap: Duration::from_secs(30),
             consumers_per_agent: 4,
             in_flight_per_consumer: 8,
+            max_outgoing: 64,
+            max_message_bytes: 1 << 20,
         }
     }
 }
@@ -234,6 +240,13 @@ impl Dispatcher {
                 env.sender.as_deref().unwrap_or("none")
             ));
         }
+        if env.body.len() > self.config.max_message_bytes {
+            return Verdict::DeadLetter(format!(
+                "message too large: {} bytes (max {})",
+                env.body.len(),
+                self.config.max_message_bytes
+            ));
+        }
         let body = match Body::decode(&env.body) {
             Ok(b) => b,
             Err(e) => return Verdict::DeadLetter(format!("undecodable body: {e:#}")),
@@ -247,7 +260,16 @@ impl Dispatcher {
         };
         let msg = to_message(agent, env, &body);
         match pool.call(&msg).await {
-            Ok(Ok(outgoing)) => match plan(agent, pool.version(), env, &body, outgoing) {
+            Ok(Ok(outgoing)) if outgoing.len() > self.config.max_outgoing => {
+                Verdict::DeadLetter(format!(
+                    "invalid output from agent: {} outgoing messages (max {})",
+                    outgoing.len(),
+                    self.config.max_outgoing
+                ))
+            }
+            Ok(Ok(outgoing)) => match plan(agent, pool.version(), env, &body, outgoing)
+                .and_then(|p| check_sizes(p, self.config.max_message_bytes))
+            {
                 Ok(planned) => Verdict::Publish {
                     planned,
                     version: pool.version().to_string(),
@@ -469,6 +491,18 @@ fn plan_one(
         envelope,
         body,
     })
+}
+
+fn check_sizes(planned: Vec<Planned>, max: usize) -> Result<Vec<Planned>> {
+    for (i, p) in planned.iter().enumerate() {
+        if p.envelope.body.len() > max {
+            bail!(
+                "outgoing message #{i} is too large: {} bytes (max {max})",
+                p.envelope.body.len()
+            );
+        }
+    }
+    Ok(planned)
 }
 
 /// The id of the `index`-th message produced from message `id`: the same

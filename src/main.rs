@@ -198,6 +198,9 @@ struct RuntimeArgs {
     /// Most linear memory per instance, in MiB.
     #[arg(long, default_value_t = 256)]
     max_memory_mb: usize,
+    /// Most elements per table.
+    #[arg(long, default_value_t = 100_000)]
+    max_table_elements: usize,
     /// Wall-clock deadline per message, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     deadline_ms: u64,
@@ -226,6 +229,12 @@ struct DispatchArgs {
     /// Concurrent consumers per agent.
     #[arg(long, default_value_t = 4)]
     consumers: usize,
+    /// Most messages one agent call may send on.
+    #[arg(long, default_value_t = 64)]
+    max_outgoing: usize,
+    /// Largest message body in or out, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    max_message_kb: usize,
     /// Deliveries each consumer handles at once (their confirms overlap).
     #[arg(long, default_value_t = 8)]
     in_flight: usize,
@@ -245,6 +254,7 @@ impl RuntimeArgs {
             instance_mode: self.instance_mode,
             max_instances: self.max_instances,
             max_memory: self.max_memory_mb << 20,
+            max_table_elements: self.max_table_elements,
             deadline: Duration::from_millis(self.deadline_ms),
             pooling: self.pooling,
         }
@@ -264,6 +274,8 @@ impl HostArgs {
                 backoff_cap: Duration::from_millis(d.backoff_cap_ms),
                 consumers_per_agent: d.consumers,
                 in_flight_per_consumer: d.in_flight,
+                max_outgoing: d.max_outgoing,
+                max_message_bytes: d.max_message_kb << 10,
             },
         }
     }

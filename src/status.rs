@@ -19,6 +19,22 @@ pub struct Status {
     pub agents: Vec<AgentStatus>,
 }
 
+/// Guest errors by kind (see [`crate::runtime::GuestErrorKind`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GuestErrors {
+    pub trap: u64,
+    pub deadline: u64,
+    pub memory_limit: u64,
+    pub stack_overflow: u64,
+    pub instantiate: u64,
+}
+
+impl GuestErrors {
+    pub fn total(&self) -> u64 {
+        self.trap + self.deadline + self.memory_limit + self.stack_overflow + self.instantiate
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentStatus {
     #[serde(flatten)]
@@ -29,9 +45,13 @@ pub struct AgentStatus {
     /// Seconds since the Unix epoch.
     pub loaded_at: Option<u64>,
     pub calls: u64,
+    /// Calls that returned a `failure` (retry or reject).
     pub failures: u64,
-    pub traps: u64,
+    /// Calls that ended without an answer, by kind.
+    pub guest_errors: GuestErrors,
     pub guest_ms: f64,
+    /// The largest linear memory an instance reached, in bytes.
+    pub peak_memory_bytes: u64,
     /// Why the plugin file could not be (re)loaded, if it could not.
     pub error: Option<String>,
 }
@@ -60,8 +80,15 @@ impl AgentStatus {
                 .map(|d| d.as_secs()),
             calls: counter(|s| &s.calls),
             failures: counter(|s| &s.failures),
-            traps: counter(|s| &s.traps),
+            guest_errors: GuestErrors {
+                trap: counter(|s| &s.traps),
+                deadline: counter(|s| &s.deadlines),
+                memory_limit: counter(|s| &s.memory_limits),
+                stack_overflow: counter(|s| &s.stack_overflows),
+                instantiate: counter(|s| &s.instantiate_failures),
+            },
             guest_ms: counter(|s| &s.guest_nanos) as f64 / 1e6,
+            peak_memory_bytes: counter(|s| &s.peak_memory),
             error: error.map(|e| e.reason),
             queue,
         }
@@ -76,8 +103,9 @@ impl AgentStatus {
             loaded_at: None,
             calls: 0,
             failures: 0,
-            traps: 0,
+            guest_errors: GuestErrors::default(),
             guest_ms: 0.0,
+            peak_memory_bytes: 0,
             error: None,
         }
     }
@@ -117,9 +145,11 @@ impl Status {
             "dead",
             "version",
             "calls",
+            "errors",
+            "peak_mem",
             "status",
         ];
-        let rows: Vec<[String; 10]> = self
+        let rows: Vec<[String; 12]> = self
             .agents
             .iter()
             .map(|a| {
@@ -133,6 +163,12 @@ impl Status {
                     a.queue.dead_letter_count.to_string(),
                     a.version.clone().unwrap_or_else(|| "-".into()),
                     a.calls.to_string(),
+                    (a.failures + a.guest_errors.total()).to_string(),
+                    if a.peak_memory_bytes > 0 {
+                        format!("{:.1}M", a.peak_memory_bytes as f64 / (1 << 20) as f64)
+                    } else {
+                        "-".into()
+                    },
                     a.queue.status.clone(),
                 ]
             })

@@ -105,3 +105,64 @@ async fn a_guest_finds_no_files_environment_or_network() {
         .try_recv()
         .map(|e| assert!(!matches!(e, Event::DeadLettered { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_and_input_limits_dead_letter_with_reasons() {
+    // fast_dispatch: at most 8 outgoing messages, 64 KiB bodies.
+    let mut t = start_with(&["chaos"], tight(), fast_dispatch()).await;
+    let reason = dead_letter_for(&mut t, "fanout:9").await;
+    assert_eq!(
+        reason,
+        "invalid output from agent: 9 outgoing messages (max 8)"
+    );
+    let reason = dead_letter_for(&mut t, "big:70000").await;
+    assert!(
+        reason.contains("outgoing message #0 is too large"),
+        "{reason}"
+    );
+    let too_big = format!("x{}", "y".repeat(70_000));
+    let reason = dead_letter_for(&mut t, &too_big).await;
+    assert!(reason.starts_with("message too large:"), "{reason}");
+    // Within the limits, the same commands work.
+    let r = client::send(
+        t.broker.as_ref(),
+        "chaos",
+        "fanout:8",
+        Default::default(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    assert!(r.reply.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_counted_by_kind_with_peak_memory() {
+    let mut t = start_with(&["chaos"], tight(), fast_dispatch()).await;
+    dead_letter_for(&mut t, "spin").await;
+    dead_letter_for(&mut t, "bomb").await;
+    dead_letter_for(&mut t, "trap").await;
+    dead_letter_for(&mut t, "reject:no").await;
+    let status = t.host.status().await.unwrap();
+    let chaos = &status.agents[0];
+    // Each guest error is retried once on a fresh instance: two of each.
+    assert_eq!(chaos.guest_errors.deadline, 2, "{chaos:?}");
+    assert_eq!(chaos.guest_errors.memory_limit, 2, "{chaos:?}");
+    assert_eq!(chaos.guest_errors.trap, 2, "{chaos:?}");
+    assert_eq!(chaos.failures, 1, "{chaos:?}");
+    assert_eq!(chaos.queue.dead_letter_count, 4);
+    assert!(
+        chaos.peak_memory_bytes >= 16 << 20,
+        "the bomb's peak is seen: {chaos:?}"
+    );
+    assert!(
+        chaos.peak_memory_bytes <= 32 << 20,
+        "and never above the limit: {chaos:?}"
+    );
+    assert!(chaos.guest_ms > 0.0);
+    let table = status.table();
+    assert!(
+        table.contains("peak_mem") && table.contains("errors"),
+        "{table}"
+    );
+}

@@ -7,6 +7,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod limits;
 pub mod pool;
 pub mod sandbox;
 
@@ -47,6 +48,8 @@ pub struct RuntimeConfig {
     pub max_instances: usize,
     /// Most linear memory one instance may grow to, in bytes.
     pub max_memory: usize,
+    /// Most elements one table may grow to.
+    pub max_table_elements: usize,
     /// Wall-clock budget for one `on-message` call.
     pub deadline: Duration,
     /// Use wasmtime's pooling allocator (faster fresh instances, reserves address space).
@@ -60,6 +63,7 @@ impl Default for RuntimeConfig {
             instance_mode: InstanceMode::Reuse,
             max_instances: 4,
             max_memory: 256 << 20,
+            max_table_elements: 100_000,
             deadline: Duration::from_secs(5),
             pooling: false,
         }

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use wasmtime::Store;
 
 use super::bindings::{Agent, Failure, Message, Outgoing};
+use super::limits::LimitExceeded;
 use super::sandbox::AgentState;
 use super::{AgentModule, EPOCH_TICK, InstanceMode, Runtime};
 
@@ -62,10 +63,45 @@ impl std::error::Error for GuestError {}
 pub struct CallStats {
     pub calls: AtomicU64,
     pub ok: AtomicU64,
+    /// The guest returned a `failure` (retry or reject).
     pub failures: AtomicU64,
+    /// The guest did not return, by kind.
     pub traps: AtomicU64,
+    pub deadlines: AtomicU64,
+    pub memory_limits: AtomicU64,
+    pub stack_overflows: AtomicU64,
+    pub instantiate_failures: AtomicU64,
     pub instances_created: AtomicU64,
     pub guest_nanos: AtomicU64,
+    /// The largest linear memory any instance reached, in bytes.
+    pub peak_memory: AtomicU64,
+}
+
+impl CallStats {
+    fn count(&self, kind: GuestErrorKind) {
+        let counter = match kind {
+            GuestErrorKind::Trap => &self.traps,
+            GuestErrorKind::Deadline => &self.deadlines,
+            GuestErrorKind::MemoryLimit => &self.memory_limits,
+            GuestErrorKind::StackOverflow => &self.stack_overflows,
+            GuestErrorKind::Instantiate => &self.instantiate_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls that ended without an answer, whatever the kind.
+    pub fn guest_errors(&self) -> u64 {
+        [
+            &self.traps,
+            &self.deadlines,
+            &self.memory_limits,
+            &self.stack_overflows,
+            &self.instantiate_failures,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
 }
 
 struct Instance {
@@ -127,7 +163,11 @@ impl AgentPool {
         let config = self.runtime.config();
         let mut store = Store::new(
             self.runtime.engine(),
-            AgentState::new(self.module.name.as_str().into(), config.max_memory),
+            AgentState::new(
+                self.module.name.as_str().into(),
+                config.max_memory,
+                config.max_table_elements,
+            ),
         );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
@@ -158,9 +198,10 @@ impl AgentPool {
         };
         let mut inst = match pooled {
             Some(i) => i,
-            None => self.instantiate().await.inspect_err(|_| {
-                self.stats.traps.fetch_add(1, Ordering::Relaxed);
-            })?,
+            None => self
+                .instantiate()
+                .await
+                .inspect_err(|e| self.stats.count(e.kind))?,
         };
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         inst.store.data().take_last_stderr();
@@ -171,6 +212,10 @@ impl AgentPool {
         self.stats
             .guest_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.stats.peak_memory.fetch_max(
+            inst.store.data().limits.peak_memory as u64,
+            Ordering::Relaxed,
+        );
         match result {
             Ok(answer) => {
                 if answer.is_ok() {
@@ -185,8 +230,9 @@ impl AgentPool {
             }
             // The instance is dropped here: after a trap its state is suspect.
             Err(e) => {
-                self.stats.traps.fetch_add(1, Ordering::Relaxed);
-                Err(classify(e.into(), &inst.store, GuestErrorKind::Trap))
+                let error = classify(e.into(), &inst.store, GuestErrorKind::Trap);
+                self.stats.count(error.kind);
+                Err(error)
             }
         }
     }
@@ -201,7 +247,10 @@ fn classify(e: anyhow::Error, store: &Store<AgentState>, default: GuestErrorKind
     let kind = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => GuestErrorKind::Deadline,
         Some(wasmtime::Trap::StackOverflow) => GuestErrorKind::StackOverflow,
-        _ if format!("{e:#}").contains("forcing trap when growing memory") => {
+        _ if e
+            .chain()
+            .any(|c| c.downcast_ref::<LimitExceeded>().is_some()) =>
+        {
             GuestErrorKind::MemoryLimit
         }
         _ => default,

@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -30,14 +29,14 @@ pub struct AgentState {
     agent: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: super::limits::Limits,
     /// The guest's last few stderr lines: a panic message lands there just
     /// before the trap, and it is the most useful part of a trap's reason.
     last_stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl AgentState {
-    pub fn new(agent: Arc<str>, max_memory: usize) -> Self {
+    pub fn new(agent: Arc<str>, max_memory: usize, max_table_elements: usize) -> Self {
         let last_stderr = Arc::new(Mutex::new(Vec::new()));
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestOutput::new(agent.clone(), "stdout", None))
@@ -54,13 +53,7 @@ impl AgentState {
             agent,
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(max_memory)
-                .instances(64)
-                // A failed `memory.grow` becomes a trap naming the limit instead
-                // of an allocation failure deep inside the guest.
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: super::limits::Limits::new(max_memory, max_table_elements),
             last_stderr,
         }
     }

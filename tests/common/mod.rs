@@ -52,6 +52,8 @@ pub fn fast_dispatch() -> DispatchConfig {
         backoff_cap: Duration::from_millis(20),
         consumers_per_agent: 2,
         in_flight_per_consumer: 4,
+        max_outgoing: 8,
+        max_message_bytes: 64 << 10,
     }
 }
 
