@@ -54,9 +54,10 @@ pub struct DispatchConfig {
     pub backoff_cap: Duration,
     /// Concurrent consumers per agent.
     pub consumers_per_agent: usize,
-    /// Most messages one `on-message` call may return.
+    /// Most messages one `on-message` call may return (host-wide default;
+    /// an agent's manifest may override it).
     pub max_outgoing: usize,
-    /// Largest body accepted in or produced out, in bytes.
+    /// Largest body accepted in or produced out, in bytes (default, as above).
     pub max_message_bytes: usize,
     /// Deliveries one consumer handles at once. Above 1, publisher confirms
     /// of different deliveries overlap instead of queueing one behind another
@@ -240,17 +241,6 @@ impl Dispatcher {
                 env.sender.as_deref().unwrap_or("none")
             ));
         }
-        if env.body.len() > self.config.max_message_bytes {
-            return Verdict::DeadLetter(format!(
-                "message too large: {} bytes (max {})",
-                env.body.len(),
-                self.config.max_message_bytes
-            ));
-        }
-        let body = match Body::decode(&env.body) {
-            Ok(b) => b,
-            Err(e) => return Verdict::DeadLetter(format!("undecodable body: {e:#}")),
-        };
         let Some(pool) = self.registry.get(agent) else {
             // Unloaded between delivery and now (hot swap): try again later.
             return Verdict::Retry {
@@ -258,17 +248,29 @@ impl Dispatcher {
                 budget: self.config.max_attempts,
             };
         };
+        let limits = pool.limits();
+        if env.body.len() > limits.max_message_bytes {
+            return Verdict::DeadLetter(format!(
+                "message too large: {} bytes (max {})",
+                env.body.len(),
+                limits.max_message_bytes
+            ));
+        }
+        let body = match Body::decode(&env.body) {
+            Ok(b) => b,
+            Err(e) => return Verdict::DeadLetter(format!("undecodable body: {e:#}")),
+        };
         let msg = to_message(agent, env, &body);
         match pool.call(&msg).await {
-            Ok(Ok(outgoing)) if outgoing.len() > self.config.max_outgoing => {
+            Ok(Ok(outgoing)) if outgoing.len() > limits.max_outgoing => {
                 Verdict::DeadLetter(format!(
                     "invalid output from agent: {} outgoing messages (max {})",
                     outgoing.len(),
-                    self.config.max_outgoing
+                    limits.max_outgoing
                 ))
             }
             Ok(Ok(outgoing)) => match plan(agent, pool.version(), env, &body, outgoing)
-                .and_then(|p| check_sizes(p, self.config.max_message_bytes))
+                .and_then(|p| check_sizes(p, limits.max_message_bytes))
             {
                 Ok(planned) => Verdict::Publish {
                     planned,

@@ -15,7 +15,7 @@ use tracing::{error, info};
 use crate::broker::{Broker, Envelope, Route};
 use crate::dispatch::{DispatchConfig, Dispatcher, Event};
 use crate::registry::{self, PluginError, Registry};
-use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime::{AgentLimits, Runtime, RuntimeConfig};
 use crate::status::{AgentStatus, Status};
 
 /// How long shutdown waits for in-flight messages.
@@ -30,6 +30,8 @@ pub struct HostConfig {
 
 pub struct Host {
     broker: Arc<dyn Broker>,
+    /// Host-wide agent limits; a plugin's manifest may override them.
+    limits: AgentLimits,
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
     dispatcher: Arc<Dispatcher>,
@@ -41,6 +43,11 @@ pub struct Host {
 
 impl Host {
     pub fn new(config: HostConfig, broker: Arc<dyn Broker>) -> Result<Arc<Self>> {
+        let limits = AgentLimits::defaults(
+            &config.runtime,
+            config.dispatch.max_outgoing,
+            config.dispatch.max_message_bytes,
+        );
         let runtime = Runtime::new(config.runtime)?;
         let registry = Arc::new(Registry::new());
         let dispatcher = Arc::new(Dispatcher::new(
@@ -50,6 +57,7 @@ impl Host {
         ));
         Ok(Arc::new(Host {
             broker,
+            limits,
             runtime,
             registry,
             dispatcher,
@@ -92,7 +100,7 @@ impl Host {
     pub async fn load_plugin(&self, path: &Path) -> Result<String> {
         let agent = crate::names::from_path(path).unwrap_or_else(|_| path.display().to_string());
         let result = async {
-            let pool = registry::load_plugin(&self.runtime, path).await?;
+            let pool = registry::load_plugin(&self.runtime, path, &self.limits).await?;
             self.broker.declare_agent(pool.name()).await?;
             Ok::<_, anyhow::Error>(pool)
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{Context as _, Result};
 
-use crate::runtime::{AgentPool, Runtime};
+use crate::runtime::{AgentLimits, AgentPool, Runtime};
 
 /// A plugin file that could not be loaded, and why.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -65,7 +65,12 @@ impl Registry {
 
 /// Loads one plugin file into a ready pool. Compiling is CPU-bound, so it
 /// runs on the blocking pool rather than stalling the consumers.
-pub async fn load_plugin(runtime: &Arc<Runtime>, path: &Path) -> Result<Arc<AgentPool>> {
+pub async fn load_plugin(
+    runtime: &Arc<Runtime>,
+    path: &Path,
+    defaults: &AgentLimits,
+) -> Result<Arc<AgentPool>> {
+    let limits = defaults.clone().with_manifest_for(path)?;
     let module = {
         let runtime = runtime.clone();
         let path = path.to_path_buf();
@@ -73,7 +78,7 @@ pub async fn load_plugin(runtime: &Arc<Runtime>, path: &Path) -> Result<Arc<Agen
             .await
             .context("the compile task panicked")??
     };
-    AgentPool::new(runtime.clone(), module).await
+    AgentPool::new(runtime.clone(), module, limits).await
 }
 
 /// The plugin files in a folder: `*.wasm`, sorted; hidden and temp files skipped.

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::broker::{Envelope, Route};
 use crate::dispatch::{self, Planned};
 use crate::registry;
-use crate::runtime::{Failure, Runtime, RuntimeConfig};
+use crate::runtime::{AgentLimits, Failure, Runtime, RuntimeConfig};
 use crate::wire::Body;
 
 /// Feeds every input line to the plugin; prints outgoing messages to `out`
@@ -23,8 +23,10 @@ pub async fn run(
     err: &mut impl Write,
     config: RuntimeConfig,
 ) -> Result<()> {
+    let d = crate::dispatch::DispatchConfig::default();
+    let limits = AgentLimits::defaults(&config, d.max_outgoing, d.max_message_bytes);
     let runtime = Runtime::new(config)?;
-    let pool = registry::load_plugin(&runtime, plugin).await?;
+    let pool = registry::load_plugin(&runtime, plugin, &limits).await?;
     let agent = pool.name().to_string();
     let mut failed = 0usize;
     let mut total = 0usize;

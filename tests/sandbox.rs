@@ -166,3 +166,40 @@ async fn failures_are_counted_by_kind_with_peak_memory() {
         "{table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_overrides_limits_per_agent_and_a_bad_one_is_refused() {
+    let dir = plugins_dir(&["chaos", "echo"]);
+    // chaos gets a tighter output limit than the host default (8)...
+    std::fs::write(
+        dir.path().join("chaos.toml"),
+        "[limits]\nmax_outgoing = 2\ndeadline_ms = 100\n",
+    )
+    .unwrap();
+    // ...and a typo in echo's manifest keeps echo from loading, with the reason.
+    std::fs::write(dir.path().join("echo.toml"), "[limits]\ndeadline = 100\n").unwrap();
+    let mut t = start_in(dir, tight(), fast_dispatch()).await;
+    let reason = dead_letter_for(&mut t, "fanout:3").await;
+    assert_eq!(
+        reason,
+        "invalid output from agent: 3 outgoing messages (max 2)"
+    );
+    let chaos = t.host.registry().get("chaos").unwrap();
+    assert_eq!(chaos.limits().deadline, Duration::from_millis(100));
+    assert_eq!(
+        chaos.limits().max_memory,
+        32 << 20,
+        "unset keys keep the host default"
+    );
+    let status = t.host.status().await.unwrap();
+    let echo = status
+        .agents
+        .iter()
+        .find(|a| a.queue.agent == "echo")
+        .unwrap();
+    let error = echo.error.as_deref().unwrap();
+    assert!(
+        error.contains("echo.toml") && error.contains("unknown field `deadline`"),
+        "{error}"
+    );
+}

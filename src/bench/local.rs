@@ -13,7 +13,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::dispatch::user_envelope;
 use crate::host::Host;
 use crate::registry;
-use crate::runtime::{ChatMessage, InstanceMode, Message, Runtime, RuntimeConfig};
+use crate::runtime::{AgentLimits, ChatMessage, InstanceMode, Message, Runtime, RuntimeConfig};
 
 /// 256 bytes of content, as in the relay benchmarks.
 pub(crate) fn content() -> String {
@@ -60,13 +60,15 @@ fn message(i: usize) -> Message {
 
 /// Mean µs per `on-message` call through the instance pool.
 async fn call_cost(path: &Path, mode: InstanceMode, pooling: bool, calls: usize) -> Result<f64> {
-    let runtime = Runtime::new(RuntimeConfig {
+    let config = RuntimeConfig {
         instance_mode: mode,
         pooling,
         max_instances: 1,
         ..RuntimeConfig::default()
-    })?;
-    let pool = registry::load_plugin(&runtime, path).await?;
+    };
+    let limits = AgentLimits::defaults(&config, 64, 1 << 20);
+    let runtime = Runtime::new(config)?;
+    let pool = registry::load_plugin(&runtime, path, &limits).await?;
     // Warm up: first calls fault in pages and fill caches.
     for i in 0..calls.min(100) {
         pool.call(&message(i))

@@ -8,6 +8,7 @@
 pub mod bindings;
 pub mod cache;
 pub mod limits;
+pub mod manifest;
 pub mod pool;
 pub mod sandbox;
 
@@ -22,6 +23,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use bindings::{ChatMessage, Destination, Failure, Message, Outgoing, WORLD};
+pub use manifest::AgentLimits;
 pub use pool::{AgentPool, CallStats, GuestError, GuestErrorKind};
 use sandbox::AgentState;
 
@@ -29,7 +31,8 @@ use sandbox::AgentState;
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Whether an instance serves many messages or one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InstanceMode {
     /// Keep instances in a pool and reuse them (thrown away after any trap).
     #[default]

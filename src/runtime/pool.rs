@@ -18,7 +18,7 @@ use wasmtime::Store;
 use super::bindings::{Agent, Failure, Message, Outgoing};
 use super::limits::LimitExceeded;
 use super::sandbox::AgentState;
-use super::{AgentModule, EPOCH_TICK, InstanceMode, Runtime};
+use super::{AgentLimits, AgentModule, EPOCH_TICK, InstanceMode, Runtime};
 
 /// What kind of guest failure a call ended in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -112,6 +112,7 @@ struct Instance {
 /// The running form of one agent version.
 pub struct AgentPool {
     module: AgentModule,
+    limits: AgentLimits,
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
     permits: Semaphore,
@@ -121,10 +122,15 @@ pub struct AgentPool {
 impl AgentPool {
     /// Creates the pool and smoke-instantiates once, so a component whose
     /// start-up traps is refused at load time rather than on its first message.
-    pub async fn new(runtime: Arc<Runtime>, module: AgentModule) -> Result<Arc<Self>> {
-        let max = runtime.config().max_instances.max(1);
+    pub async fn new(
+        runtime: Arc<Runtime>,
+        module: AgentModule,
+        limits: AgentLimits,
+    ) -> Result<Arc<Self>> {
+        let max = limits.max_instances.max(1);
         let pool = Arc::new(AgentPool {
             module,
+            limits,
             runtime,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(max),
@@ -137,7 +143,7 @@ impl AgentPool {
                 pool.module.source.display()
             )
         })?;
-        if pool.runtime.config().instance_mode == InstanceMode::Reuse {
+        if pool.limits.instance_mode == InstanceMode::Reuse {
             pool.idle.lock().unwrap().push(first);
         }
         Ok(pool)
@@ -159,8 +165,13 @@ impl AgentPool {
         &self.stats
     }
 
+    /// The limits this agent runs under (host defaults + its manifest).
+    pub fn limits(&self) -> &AgentLimits {
+        &self.limits
+    }
+
     async fn instantiate(&self) -> Result<Instance, GuestError> {
-        let config = self.runtime.config();
+        let config = &self.limits;
         let mut store = Store::new(
             self.runtime.engine(),
             AgentState::new(
@@ -190,7 +201,7 @@ impl AgentPool {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let reuse = self.runtime.config().instance_mode == InstanceMode::Reuse;
+        let reuse = self.limits.instance_mode == InstanceMode::Reuse;
         let pooled = if reuse {
             self.idle.lock().unwrap().pop()
         } else {
@@ -206,7 +217,7 @@ impl AgentPool {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         inst.store.data().take_last_stderr();
         inst.store
-            .set_epoch_deadline(deadline_ticks(self.runtime.config().deadline));
+            .set_epoch_deadline(deadline_ticks(self.limits.deadline));
         let started = Instant::now();
         let result = inst.agent.call_on_message(&mut inst.store, msg).await;
         self.stats
