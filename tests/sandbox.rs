@@ -203,3 +203,38 @@ async fn a_manifest_overrides_limits_per_agent_and_a_bad_one_is_refused() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_guests_do_not_stall_the_agents_beside_them() {
+    let runtime = RuntimeConfig {
+        deadline: Duration::from_secs(2),
+        ..tight()
+    };
+    let mut t = start_with(&["chaos", "echo"], runtime, fast_dispatch()).await;
+    // Two spinning calls: as many as this runtime has worker threads.
+    for _ in 0..2 {
+        t.host
+            .publish("chaos", user_envelope("spin", Default::default(), None))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    t.host
+        .publish("echo", user_envelope("ping", Default::default(), None))
+        .await
+        .unwrap();
+    // Echo is answered while both spinners still run (they yield to the
+    // executor every epoch tick): its event comes before theirs.
+    let first = t
+        .wait_for(|e| match e {
+            Event::Handled { agent, .. } if agent == "echo" => Some("echo answered"),
+            Event::Retrying { agent, .. } | Event::DeadLettered { agent, .. }
+                if agent == "chaos" =>
+            {
+                Some("a spinner was interrupted first")
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(first, "echo answered");
+}

@@ -13,12 +13,12 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 use tokio::sync::Semaphore;
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{Agent, Failure, Message, Outgoing};
 use super::limits::LimitExceeded;
 use super::sandbox::AgentState;
-use super::{AgentLimits, AgentModule, EPOCH_TICK, InstanceMode, Runtime};
+use super::{AgentLimits, AgentModule, InstanceMode, Runtime};
 
 /// What kind of guest failure a call ended in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -181,8 +181,17 @@ impl AgentPool {
             ),
         );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(config.deadline));
+        // Every epoch tick the guest yields to the executor, so a guest that
+        // spins never holds a tokio worker (and the agents beside it) for
+        // long; once its wall-clock deadline has passed it is interrupted.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match ctx.data().call_deadline {
+                Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Yield(1),
+            })
+        });
+        store.data_mut().call_deadline = Some(Instant::now() + config.deadline);
+        store.set_epoch_deadline(1);
         let agent = self
             .module
             .pre
@@ -216,8 +225,8 @@ impl AgentPool {
         };
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         inst.store.data().take_last_stderr();
-        inst.store
-            .set_epoch_deadline(deadline_ticks(self.limits.deadline));
+        inst.store.data_mut().call_deadline = Some(Instant::now() + self.limits.deadline);
+        inst.store.set_epoch_deadline(1);
         let started = Instant::now();
         let result = inst.agent.call_on_message(&mut inst.store, msg).await;
         self.stats
@@ -247,10 +256,6 @@ impl AgentPool {
             }
         }
     }
-}
-
-fn deadline_ticks(deadline: std::time::Duration) -> u64 {
-    (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
 /// Names the kind of a guest failure and gathers what explains it.

@@ -30,6 +30,8 @@ pub struct AgentState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limits: super::limits::Limits,
+    /// When the running call (or instantiation) must be interrupted.
+    pub(crate) call_deadline: Option<std::time::Instant>,
     /// The guest's last few stderr lines: a panic message lands there just
     /// before the trap, and it is the most useful part of a trap's reason.
     last_stderr: Arc<Mutex<Vec<String>>>,
@@ -54,6 +56,7 @@ impl AgentState {
             wasi,
             table: ResourceTable::new(),
             limits: super::limits::Limits::new(max_memory, max_table_elements),
+            call_deadline: None,
             last_stderr,
         }
     }
