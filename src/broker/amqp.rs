@@ -382,6 +382,29 @@ impl Inner {
         Ok(name)
     }
 
+    /// Gets every message of an agent's dead-letter queue unacked on a
+    /// private channel, then closes it, which puts them all back in order.
+    async fn peek_dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>> {
+        let dlq = names::dead_letter_queue(agent);
+        let channel = self.connection.create_channel().await?;
+        let mut out = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .with_context(|| format!("reading `{dlq}`"))?
+        {
+            let d = msg.delivery;
+            let (env, reason) = envelope(&d.properties, d.data);
+            out.push(DeadLetter {
+                agent: agent.to_string(),
+                reason: reason.unwrap_or_default(),
+                envelope: env,
+            });
+        }
+        let _ = channel.close(200, "peeked".into()).await;
+        Ok(out)
+    }
+
     async fn queue_counts(&self, name: &str) -> Result<Option<(u64, u32)>> {
         let name_s: ShortString = name.into();
         let result = self
@@ -678,26 +701,19 @@ impl Broker for AmqpBroker {
     }
 
     async fn dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>> {
-        // Peek: get every message unacked on a private channel, then close it,
-        // which puts them all back in order.
-        let dlq = names::dead_letter_queue(agent);
-        let channel = self.inner.connection.create_channel().await?;
-        let mut out = Vec::new();
-        while let Some(msg) = channel
-            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .with_context(|| format!("reading `{dlq}`"))?
-        {
-            let d = msg.delivery;
-            let (env, reason) = envelope(&d.properties, d.data);
-            out.push(DeadLetter {
-                agent: agent.to_string(),
-                reason: reason.unwrap_or_default(),
-                envelope: env,
-            });
+        // A peek is read-only (everything it took goes back when its channel
+        // closes), so one failed attempt is simply made again.
+        match self.inner.peek_dead_letters(agent).await {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                debug!(
+                    agent,
+                    "peeking the dead-letter queue failed, once more: {e:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.inner.peek_dead_letters(agent).await
+            }
         }
-        let _ = channel.close(200, "peeked".into()).await;
-        Ok(out)
     }
 
     async fn close(&self) {
