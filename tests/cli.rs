@@ -162,21 +162,9 @@ fn run_send_status_across_processes() {
         );
     });
     // SIGTERM: graceful shutdown.
-    unsafe_kill_term(host.id());
-    let out = host.wait_with_output().unwrap();
+    let out = terminate(host);
     result.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("embedded in-process broker"), "{log}");
     assert!(!sock.exists());
-}
-
-fn unsafe_kill_term(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
 }

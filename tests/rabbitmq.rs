@@ -539,16 +539,8 @@ fn cli_run_send_status_over_rabbitmq_never_print_the_password() {
             "{table}"
         );
     });
-    let _ = Command::new("kill")
-        .args(["-TERM", &host.id().to_string()])
-        .status();
-    let out = host.wait_with_output().unwrap();
+    let out = terminate(host);
     result.unwrap();
-    assert!(
-        out.status.success(),
-        "graceful shutdown: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
         log.contains("connected to RabbitMQ at amqp://guest:***@"),

@@ -139,3 +139,18 @@ impl TestHost {
         self.dir.path()
     }
 }
+
+/// Stops a `warren run` child with SIGTERM (graceful shutdown) and returns
+/// its output; asserts that it exited successfully.
+pub fn terminate(child: std::process::Child) -> std::process::Output {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "graceful shutdown failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
