@@ -238,3 +238,40 @@ async fn spinning_guests_do_not_stall_the_agents_beside_them() {
         .await;
     assert_eq!(first, "echo answered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stricter_deadline_applies_to_one_agent_only() {
+    let dir = plugins_dir(&["chaos"]);
+    // The same component twice: `strict` with a 100 ms deadline, `chaos` with the host's 2 s.
+    std::fs::copy(guest("chaos"), dir.path().join("strict.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("strict.toml"),
+        "[limits]\ndeadline_ms = 100\n",
+    )
+    .unwrap();
+    let runtime = RuntimeConfig {
+        deadline: Duration::from_secs(2),
+        ..tight()
+    };
+    let mut t = start_in(dir, runtime, fast_dispatch()).await;
+    // Blocked in a host call (a WASI sleep) past the deadline: interrupted too.
+    let env = user_envelope("sleep:400", Default::default(), None);
+    let id = env.id.clone();
+    t.host.publish("strict", env).await.unwrap();
+    let reason = t.dead_letter_of(&id).await;
+    assert!(
+        reason.starts_with("guest failed: deadline exceeded"),
+        "{reason}"
+    );
+    // The other agent, same code, same work, the host's deadline: answered.
+    let r = client::send(
+        t.broker.as_ref(),
+        "chaos",
+        "sleep:400",
+        Default::default(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.reply.unwrap().text, "slept 400 ms");
+}

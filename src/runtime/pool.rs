@@ -20,6 +20,10 @@ use super::limits::LimitExceeded;
 use super::sandbox::AgentState;
 use super::{AgentLimits, AgentModule, InstanceMode, Runtime};
 
+/// How long past its deadline a call blocked in a host call may run
+/// before the timer cancels it.
+const BACKSTOP_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What kind of guest failure a call ended in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -228,7 +232,27 @@ impl AgentPool {
         inst.store.data_mut().call_deadline = Some(Instant::now() + self.limits.deadline);
         inst.store.set_epoch_deadline(1);
         let started = Instant::now();
-        let result = inst.agent.call_on_message(&mut inst.store, msg).await;
+        // The epoch callback interrupts guest code; a guest blocked inside a
+        // host call (a WASI sleep or poll) runs no guest code, so a timer
+        // backs the deadline up. Dropping the call cancels it; the instance
+        // is dropped with it.
+        let backstop = self.limits.deadline + BACKSTOP_GRACE;
+        let result =
+            match tokio::time::timeout(backstop, inst.agent.call_on_message(&mut inst.store, msg))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => {
+                    self.stats.count(GuestErrorKind::Deadline);
+                    return Err(GuestError {
+                        kind: GuestErrorKind::Deadline,
+                        message: format!(
+                            "no answer within {:?} (the guest was blocked in a host call)",
+                            self.limits.deadline
+                        ),
+                    });
+                }
+            };
         self.stats
             .guest_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
