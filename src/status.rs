@@ -52,6 +52,8 @@ pub struct AgentStatus {
     pub guest_ms: f64,
     /// The largest linear memory an instance reached, in bytes.
     pub peak_memory_bytes: u64,
+    /// Guest log lines dropped by the rate limit.
+    pub log_lines_dropped: u64,
     /// Why the plugin file could not be (re)loaded, if it could not.
     pub error: Option<String>,
 }
@@ -89,6 +91,9 @@ impl AgentStatus {
             },
             guest_ms: counter(|s| &s.guest_nanos) as f64 / 1e6,
             peak_memory_bytes: counter(|s| &s.peak_memory),
+            log_lines_dropped: stats
+                .map(|s| s.log_lines_dropped.load(Ordering::Relaxed))
+                .unwrap_or(0),
             error: error.map(|e| e.reason),
             queue,
         }
@@ -106,6 +111,7 @@ impl AgentStatus {
             guest_errors: GuestErrors::default(),
             guest_ms: 0.0,
             peak_memory_bytes: 0,
+            log_lines_dropped: 0,
             error: None,
         }
     }

@@ -275,3 +275,22 @@ async fn a_stricter_deadline_applies_to_one_agent_only() {
     .unwrap();
     assert_eq!(r.reply.unwrap().text, "slept 400 ms");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_output_is_rate_limited_not_fatal() {
+    let t = start_with(&["chaos"], tight(), fast_dispatch()).await;
+    let r = client::send(
+        t.broker.as_ref(),
+        "chaos",
+        "flood:3000",
+        Default::default(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.reply.unwrap().text, "printed 3000 lines");
+    let status = t.host.status().await.unwrap();
+    let dropped = status.agents[0].log_lines_dropped;
+    // A burst of 200 lines passes, the rest of a fast flood is dropped and counted.
+    assert!(dropped >= 2000 && dropped < 3000, "dropped {dropped}");
+}

@@ -79,6 +79,8 @@ pub struct CallStats {
     pub guest_nanos: AtomicU64,
     /// The largest linear memory any instance reached, in bytes.
     pub peak_memory: AtomicU64,
+    /// Guest log lines dropped by the rate limit (shared with the instances).
+    pub log_lines_dropped: Arc<AtomicU64>,
 }
 
 impl CallStats {
@@ -182,6 +184,7 @@ impl AgentPool {
                 self.module.name.as_str().into(),
                 config.max_memory,
                 config.max_table_elements,
+                self.stats.log_lines_dropped.clone(),
             ),
         );
         store.limiter(|s| &mut s.limits);

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -23,6 +24,59 @@ use super::bindings::{Level, warren::agent};
 const MAX_LINE: usize = 4096;
 /// Stderr lines kept to explain a trap.
 const LAST_LINES: usize = 3;
+/// Guest log lines (stdout, stderr and `log` together) per second; a burst of
+/// twice that is allowed. Beyond it lines are dropped and counted, so a
+/// chatty or hostile guest cannot flood the host's log.
+const LINES_PER_SEC: f64 = 100.0;
+const BURST: f64 = 2.0 * LINES_PER_SEC;
+
+/// A token bucket over one instance's log lines.
+pub struct LogBudget {
+    tokens: f64,
+    refilled: std::time::Instant,
+    dropped_since_last: u64,
+    dropped_total: Arc<AtomicU64>,
+}
+
+impl LogBudget {
+    fn new(dropped_total: Arc<AtomicU64>) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(LogBudget {
+            tokens: BURST,
+            refilled: std::time::Instant::now(),
+            dropped_since_last: 0,
+            dropped_total,
+        }))
+    }
+
+    /// Whether a line may be logged; with it, how many were dropped before it.
+    fn allow(budget: &Mutex<Self>) -> Option<u64> {
+        let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(b.refilled).as_secs_f64() * LINES_PER_SEC;
+        b.tokens = (b.tokens + refill).min(BURST);
+        b.refilled = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Some(std::mem::take(&mut b.dropped_since_last))
+        } else {
+            b.dropped_since_last += 1;
+            b.dropped_total.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Logs a guest line if the budget allows, noting any lines dropped before it.
+fn budgeted(budget: &Mutex<LogBudget>, agent: &str, log: impl FnOnce()) {
+    match LogBudget::allow(budget) {
+        None => {}
+        Some(0) => log(),
+        Some(dropped) => {
+            tracing::warn!(target: "warren::guest", agent, "{dropped} guest log lines dropped (over {LINES_PER_SEC} lines/s)");
+            log();
+        }
+    }
+}
 
 /// Everything a store holds for one agent instance.
 pub struct AgentState {
@@ -30,6 +84,7 @@ pub struct AgentState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limits: super::limits::Limits,
+    log_budget: Arc<Mutex<LogBudget>>,
     /// When the running call (or instantiation) must be interrupted.
     pub(crate) call_deadline: Option<std::time::Instant>,
     /// The guest's last few stderr lines: a panic message lands there just
@@ -38,14 +93,26 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn new(agent: Arc<str>, max_memory: usize, max_table_elements: usize) -> Self {
+    pub fn new(
+        agent: Arc<str>,
+        max_memory: usize,
+        max_table_elements: usize,
+        dropped_log_lines: Arc<AtomicU64>,
+    ) -> Self {
         let last_stderr = Arc::new(Mutex::new(Vec::new()));
+        let log_budget = LogBudget::new(dropped_log_lines);
         let wasi = WasiCtxBuilder::new()
-            .stdout(GuestOutput::new(agent.clone(), "stdout", None))
+            .stdout(GuestOutput::new(
+                agent.clone(),
+                "stdout",
+                None,
+                log_budget.clone(),
+            ))
             .stderr(GuestOutput::new(
                 agent.clone(),
                 "stderr",
                 Some(last_stderr.clone()),
+                log_budget.clone(),
             ))
             .allow_tcp(false)
             .allow_udp(false)
@@ -57,6 +124,7 @@ impl AgentState {
             table: ResourceTable::new(),
             limits: super::limits::Limits::new(max_memory, max_table_elements),
             call_deadline: None,
+            log_budget,
             last_stderr,
         }
     }
@@ -85,13 +153,13 @@ impl agent::host::Host for AgentState {
     fn log(&mut self, level: Level, text: String) {
         let agent = &*self.agent;
         let text = truncate(&text);
-        match level {
+        budgeted(&self.log_budget, agent, || match level {
             Level::Trace => tracing::trace!(target: "warren::guest", agent, "{text}"),
             Level::Debug => tracing::debug!(target: "warren::guest", agent, "{text}"),
             Level::Info => tracing::info!(target: "warren::guest", agent, "{text}"),
             Level::Warn => tracing::warn!(target: "warren::guest", agent, "{text}"),
             Level::Error => tracing::error!(target: "warren::guest", agent, "{text}"),
-        }
+        });
     }
 }
 
@@ -112,14 +180,21 @@ struct GuestOutput {
     agent: Arc<str>,
     stream: &'static str,
     last: Option<Arc<Mutex<Vec<String>>>>,
+    budget: Arc<Mutex<LogBudget>>,
 }
 
 impl GuestOutput {
-    fn new(agent: Arc<str>, stream: &'static str, last: Option<Arc<Mutex<Vec<String>>>>) -> Self {
+    fn new(
+        agent: Arc<str>,
+        stream: &'static str,
+        last: Option<Arc<Mutex<Vec<String>>>>,
+        budget: Arc<Mutex<LogBudget>>,
+    ) -> Self {
         GuestOutput {
             agent,
             stream,
             last,
+            budget,
         }
     }
 }
@@ -149,7 +224,12 @@ impl LineLogger {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches(['\n', '\r']);
         let text = truncate(text);
-        tracing::info!(target: "warren::guest", agent = &*self.out.agent, stream = self.out.stream, "{text}");
+        let (agent, stream) = (&*self.out.agent, self.out.stream);
+        budgeted(
+            &self.out.budget,
+            agent,
+            || tracing::info!(target: "warren::guest", agent, stream, "{text}"),
+        );
         if let Some(last) = &self.out.last
             && !text.starts_with("note: run with `RUST_BACKTRACE")
         {
