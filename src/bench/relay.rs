@@ -150,6 +150,18 @@ impl Admin {
         }
     }
 
+    /// Empties the output queue for a new run; returns the relay's input queue.
+    async fn fresh_run(&self, warren: bool) -> Result<&'static str> {
+        self.ch
+            .queue_purge(OUT.into(), QueuePurgeOptions::default())
+            .await?;
+        Ok(if warren {
+            "agent_bench_echo_queue"
+        } else {
+            RAW_IN
+        })
+    }
+
     async fn cleanup(&self) {
         for q in [
             OUT,
@@ -346,15 +358,7 @@ enum Relay {
 async fn relay_once(config: &BenchConfig, admin: &Admin, relay: Relay, mode: Mode) -> Result<f64> {
     let n = config.messages;
     let warren = relay == Relay::Warren;
-    let input = if warren {
-        "agent_bench_echo_queue"
-    } else {
-        RAW_IN
-    };
-    admin
-        .ch
-        .queue_purge(OUT.into(), QueuePurgeOptions::default())
-        .await?;
+    let input = admin.fresh_run(warren).await?;
     admin.preload(input, n, mode).await?;
     let timeout = Duration::from_secs(600);
     if warren {
@@ -425,15 +429,7 @@ async fn latency_once(
     warren: bool,
     rate: u32,
 ) -> Result<Vec<Duration>> {
-    let input = if warren {
-        "agent_bench_echo_queue"
-    } else {
-        RAW_IN
-    };
-    admin
-        .ch
-        .queue_purge(OUT.into(), QueuePurgeOptions::default())
-        .await?;
+    let input = admin.fresh_run(warren).await?;
     let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
 
     enum Running {
