@@ -204,6 +204,14 @@ struct RuntimeArgs {
     /// Wall-clock deadline per message, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     deadline_ms: u64,
+    /// A call still running guest code after this many milliseconds is a
+    /// runaway: all runaways share 5% of one core until their deadline.
+    #[arg(long, default_value_t = 100)]
+    throttle_after_ms: u64,
+    /// Fuel per message (about one unit per Wasm instruction); turns on fuel
+    /// metering, which slows every call a little. Off by default.
+    #[arg(long)]
+    fuel: Option<u64>,
     /// Use wasmtime's pooling instance allocator.
     #[arg(long)]
     pooling: bool,
@@ -256,6 +264,8 @@ impl RuntimeArgs {
             max_memory: self.max_memory_mb << 20,
             max_table_elements: self.max_table_elements,
             deadline: Duration::from_millis(self.deadline_ms),
+            throttle_after: Duration::from_millis(self.throttle_after_ms),
+            fuel: self.fuel,
             pooling: self.pooling,
         }
     }

@@ -26,12 +26,19 @@ pub struct GuestErrors {
     pub deadline: u64,
     pub memory_limit: u64,
     pub stack_overflow: u64,
+    #[serde(default)]
+    pub fuel: u64,
     pub instantiate: u64,
 }
 
 impl GuestErrors {
     pub fn total(&self) -> u64 {
-        self.trap + self.deadline + self.memory_limit + self.stack_overflow + self.instantiate
+        self.trap
+            + self.deadline
+            + self.memory_limit
+            + self.stack_overflow
+            + self.fuel
+            + self.instantiate
     }
 }
 
@@ -87,6 +94,7 @@ impl AgentStatus {
                 deadline: counter(|s| &s.deadlines),
                 memory_limit: counter(|s| &s.memory_limits),
                 stack_overflow: counter(|s| &s.stack_overflows),
+                fuel: counter(|s| &s.fuel_exhausted),
                 instantiate: counter(|s| &s.instantiate_failures),
             },
             guest_ms: counter(|s| &s.guest_nanos) as f64 / 1e6,

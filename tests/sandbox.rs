@@ -294,3 +294,59 @@ async fn guest_output_is_rate_limited_not_fatal() {
     // A burst of 200 lines passes, the rest of a fast flood is dropped and counted.
     assert!(dropped >= 2000 && dropped < 3000, "dropped {dropped}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuel_bounds_the_work_of_one_call() {
+    let dir = plugins_dir(&["chaos"]);
+    // The same component twice; `frugal` gets less fuel than the host default.
+    std::fs::copy(guest("chaos"), dir.path().join("frugal.wasm")).unwrap();
+    std::fs::write(dir.path().join("frugal.toml"), "[limits]\nfuel = 2000000\n").unwrap();
+    let runtime = RuntimeConfig {
+        fuel: Some(50_000_000),
+        ..tight()
+    };
+    let mut t = start_in(dir, runtime, fast_dispatch()).await;
+    // A spinning guest runs out of fuel before its deadline.
+    let reason = dead_letter_for(&mut t, "spin").await;
+    assert!(
+        reason.starts_with("guest failed: fuel exhausted"),
+        "{reason}"
+    );
+    // Finite work within the budget is answered...
+    let r = client::send(
+        t.broker.as_ref(),
+        "chaos",
+        "burn:200000",
+        Default::default(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    assert!(r.reply.unwrap().text.starts_with("burned 200000 rounds"));
+    // ...and the same work is too much for the agent whose manifest says less.
+    let env = user_envelope("burn:200000", Default::default(), None);
+    let id = env.id.clone();
+    t.host.publish("frugal", env).await.unwrap();
+    let reason = t.dead_letter_of(&id).await;
+    assert!(
+        reason.starts_with("guest failed: fuel exhausted"),
+        "{reason}"
+    );
+    let status = t.host.status().await.unwrap();
+    let frugal = status
+        .agents
+        .iter()
+        .find(|a| a.queue.agent == "frugal")
+        .unwrap();
+    assert_eq!(frugal.guest_errors.fuel, 2, "{frugal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_asking_for_fuel_needs_a_metering_host() {
+    let dir = plugins_dir(&["chaos"]);
+    std::fs::write(dir.path().join("chaos.toml"), "[limits]\nfuel = 1000\n").unwrap();
+    let t = start_in(dir, tight(), fast_dispatch()).await;
+    let status = t.host.status().await.unwrap();
+    let error = status.agents[0].error.as_deref().unwrap();
+    assert!(error.contains("start it with --fuel"), "{error}");
+}

@@ -6,6 +6,8 @@
 //! max_memory_mb = 64        # linear memory per instance
 //! max_table_elements = 10000
 //! deadline_ms = 2000        # wall clock per message
+//! throttle_after_ms = 100   # then the call is a runaway (see runtime::throttle)
+//! fuel = 50000000           # per message; needs a host started with --fuel
 //! max_instances = 2         # concurrent instances (= the agent's concurrency)
 //! instance_mode = "fresh"   # or "reuse"
 //! max_outgoing = 16         # messages one call may send on
@@ -27,6 +29,8 @@ pub struct AgentLimits {
     pub max_memory: usize,
     pub max_table_elements: usize,
     pub deadline: Duration,
+    pub throttle_after: Duration,
+    pub fuel: Option<u64>,
     pub max_instances: usize,
     pub instance_mode: InstanceMode,
     pub max_outgoing: usize,
@@ -44,6 +48,8 @@ impl AgentLimits {
             max_memory: runtime.max_memory,
             max_table_elements: runtime.max_table_elements,
             deadline: runtime.deadline,
+            throttle_after: runtime.throttle_after,
+            fuel: runtime.fuel,
             max_instances: runtime.max_instances.max(1),
             instance_mode: runtime.instance_mode,
             max_outgoing,
@@ -71,6 +77,18 @@ impl AgentLimits {
         }
         if let Some(v) = l.deadline_ms {
             self.deadline = Duration::from_millis(v);
+        }
+        if let Some(v) = l.throttle_after_ms {
+            self.throttle_after = Duration::from_millis(v);
+        }
+        if let Some(v) = l.fuel {
+            if self.fuel.is_none() {
+                anyhow::bail!(
+                    "manifest {}: `fuel` needs fuel metering, which this host has off (start it with --fuel)",
+                    path.display()
+                );
+            }
+            self.fuel = Some(v);
         }
         if let Some(v) = l.max_instances {
             self.max_instances = v.max(1);
@@ -106,6 +124,8 @@ struct LimitsSection {
     max_memory_mb: Option<usize>,
     max_table_elements: Option<usize>,
     deadline_ms: Option<u64>,
+    throttle_after_ms: Option<u64>,
+    fuel: Option<u64>,
     max_instances: Option<usize>,
     instance_mode: Option<InstanceMode>,
     max_outgoing: Option<usize>,

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod manifest;
 pub mod pool;
 pub mod sandbox;
+pub mod throttle;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +56,12 @@ pub struct RuntimeConfig {
     pub max_table_elements: usize,
     /// Wall-clock budget for one `on-message` call.
     pub deadline: Duration,
+    /// A call still running guest code after this long is a runaway: it only
+    /// gets slices of the host's shared runaway lane (see [`throttle`]).
+    pub throttle_after: Duration,
+    /// Fuel (roughly, Wasm instructions) per call; `None` turns metering off.
+    /// Metering costs some speed on every call, so it is off by default.
+    pub fuel: Option<u64>,
     /// Use wasmtime's pooling allocator (faster fresh instances, reserves address space).
     pub pooling: bool,
 }
@@ -68,6 +75,8 @@ impl Default for RuntimeConfig {
             max_memory: 256 << 20,
             max_table_elements: 100_000,
             deadline: Duration::from_secs(5),
+            throttle_after: Duration::from_millis(100),
+            fuel: None,
             pooling: false,
         }
     }
@@ -79,6 +88,7 @@ pub struct Runtime {
     linker: Linker<AgentState>,
     cache: cache::CompileCache,
     config: RuntimeConfig,
+    runaways: Arc<throttle::RunawayLane>,
 }
 
 /// A loaded, checked, compiled agent version, ready to instantiate.
@@ -96,7 +106,9 @@ pub struct AgentModule {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Arc<Self>> {
         let mut wasm = Config::new();
-        wasm.wasm_component_model(true).epoch_interruption(true);
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(config.fuel.is_some());
         if config.pooling {
             let mut pool = PoolingAllocationConfig::new();
             pool.max_memory_size(config.max_memory);
@@ -112,6 +124,7 @@ impl Runtime {
             engine,
             linker,
             config,
+            runaways: Arc::default(),
         }))
     }
 
@@ -121,6 +134,15 @@ impl Runtime {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub(crate) fn runaways(&self) -> &Arc<throttle::RunawayLane> {
+        &self.runaways
+    }
+
+    /// Whether the engine meters fuel (a manifest can only set fuel then).
+    pub fn meters_fuel(&self) -> bool {
+        self.config.fuel.is_some()
     }
 
     /// Reads, checks and compiles a plugin file.

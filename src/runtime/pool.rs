@@ -36,6 +36,8 @@ pub enum GuestErrorKind {
     MemoryLimit,
     /// The guest's stack overflowed.
     StackOverflow,
+    /// The call used up its fuel.
+    Fuel,
     /// A new instance could not be created.
     Instantiate,
 }
@@ -54,6 +56,7 @@ impl std::fmt::Display for GuestError {
             GuestErrorKind::Deadline => "deadline exceeded",
             GuestErrorKind::MemoryLimit => "memory limit hit",
             GuestErrorKind::StackOverflow => "stack overflow",
+            GuestErrorKind::Fuel => "fuel exhausted",
             GuestErrorKind::Instantiate => "instantiation failed",
         };
         write!(f, "{kind}: {}", self.message)
@@ -74,6 +77,7 @@ pub struct CallStats {
     pub deadlines: AtomicU64,
     pub memory_limits: AtomicU64,
     pub stack_overflows: AtomicU64,
+    pub fuel_exhausted: AtomicU64,
     pub instantiate_failures: AtomicU64,
     pub instances_created: AtomicU64,
     pub guest_nanos: AtomicU64,
@@ -90,6 +94,7 @@ impl CallStats {
             GuestErrorKind::Deadline => &self.deadlines,
             GuestErrorKind::MemoryLimit => &self.memory_limits,
             GuestErrorKind::StackOverflow => &self.stack_overflows,
+            GuestErrorKind::Fuel => &self.fuel_exhausted,
             GuestErrorKind::Instantiate => &self.instantiate_failures,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -102,6 +107,7 @@ impl CallStats {
             &self.deadlines,
             &self.memory_limits,
             &self.stack_overflows,
+            &self.fuel_exhausted,
             &self.instantiate_failures,
         ]
         .iter()
@@ -188,17 +194,26 @@ impl AgentPool {
             ),
         );
         store.limiter(|s| &mut s.limits);
-        // Every epoch tick the guest yields to the executor, so a guest that
-        // spins never holds a tokio worker (and the agents beside it) for
-        // long; once its wall-clock deadline has passed it is interrupted.
-        store.epoch_deadline_callback(|ctx| {
-            Ok(match ctx.data().call_deadline {
-                Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
-                _ => UpdateDeadline::Yield(1),
+        // Every epoch tick the guest yields to the executor (behind every
+        // task that is ready), so a guest that spins never holds a tokio
+        // worker, and the agents beside it, for long. Past `throttle_after`
+        // it runs only in slices of the runaway lane; past its deadline it is
+        // interrupted.
+        let lane = self.runtime.runaways().clone();
+        store.epoch_deadline_callback(move |ctx| {
+            let now = Instant::now();
+            let state = ctx.data();
+            Ok(match (state.call_deadline, state.throttle_from) {
+                (Some(deadline), _) if now >= deadline => UpdateDeadline::Interrupt,
+                (Some(deadline), Some(from)) if now >= from => {
+                    let slot = lane.next_slice(now, deadline);
+                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(slot.into())))
+                }
+                _ => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
             })
         });
-        store.data_mut().call_deadline = Some(Instant::now() + config.deadline);
-        store.set_epoch_deadline(1);
+        self.arm(&mut store)
+            .map_err(|e| classify(e, &store, GuestErrorKind::Instantiate))?;
         let agent = self
             .module
             .pre
@@ -207,6 +222,20 @@ impl AgentPool {
             .map_err(|e| classify(e.into(), &store, GuestErrorKind::Instantiate))?;
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         Ok(Instance { store, agent })
+    }
+
+    /// Sets up the budgets of the next call (or instantiation): deadline,
+    /// runaway threshold and fuel.
+    fn arm(&self, store: &mut Store<AgentState>) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let state = store.data_mut();
+        state.call_deadline = Some(now + self.limits.deadline);
+        state.throttle_from = Some(now + self.limits.throttle_after);
+        store.set_epoch_deadline(1);
+        if let Some(fuel) = self.limits.fuel {
+            store.set_fuel(fuel)?;
+        }
+        Ok(())
     }
 
     /// Runs `on-message`. The outer error is a guest that did not return
@@ -232,8 +261,8 @@ impl AgentPool {
         };
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         inst.store.data().take_last_stderr();
-        inst.store.data_mut().call_deadline = Some(Instant::now() + self.limits.deadline);
-        inst.store.set_epoch_deadline(1);
+        self.arm(&mut inst.store)
+            .map_err(|e| classify(e, &inst.store, GuestErrorKind::Trap))?;
         let started = Instant::now();
         // The epoch callback interrupts guest code; a guest blocked inside a
         // host call (a WASI sleep or poll) runs no guest code, so a timer
@@ -290,6 +319,7 @@ fn classify(e: anyhow::Error, store: &Store<AgentState>, default: GuestErrorKind
     let kind = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => GuestErrorKind::Deadline,
         Some(wasmtime::Trap::StackOverflow) => GuestErrorKind::StackOverflow,
+        Some(wasmtime::Trap::OutOfFuel) => GuestErrorKind::Fuel,
         _ if e
             .chain()
             .any(|c| c.downcast_ref::<LimitExceeded>().is_some()) =>

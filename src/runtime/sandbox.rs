@@ -87,6 +87,8 @@ pub struct AgentState {
     log_budget: Arc<Mutex<LogBudget>>,
     /// When the running call (or instantiation) must be interrupted.
     pub(crate) call_deadline: Option<std::time::Instant>,
+    /// When the running call becomes a runaway (see `throttle`).
+    pub(crate) throttle_from: Option<std::time::Instant>,
     /// The guest's last few stderr lines: a panic message lands there just
     /// before the trap, and it is the most useful part of a trap's reason.
     last_stderr: Arc<Mutex<Vec<String>>>,
@@ -124,6 +126,7 @@ impl AgentState {
             table: ResourceTable::new(),
             limits: super::limits::Limits::new(max_memory, max_table_elements),
             call_deadline: None,
+            throttle_from: None,
             log_budget,
             last_stderr,
         }
