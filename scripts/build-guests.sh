@@ -36,13 +36,17 @@ wasm_tools() {
   "$venv/bin/wasm-tools" "$@"
 }
 
+# build_one DIR [FEATURE]: DIR/ -> DIR.wasm; with a cargo FEATURE, a variant
+# of the same crate -> FEATURE.wasm beside it.
 build_one() {
-  local dir=$1 name
+  local dir=$1 feature=${2:-} name
   name=$(basename "$dir")
-  local out=$(dirname "$dir")/$name.wasm
+  local out=$(dirname "$dir")/${feature:-$name}.wasm
+  local features=()
+  [ -n "$feature" ] && features=(--features "$feature")
   case $mode in
     rustup)
-      cargo build -q --locked --release --target wasm32-wasip2 \
+      cargo build -q --locked --release --target wasm32-wasip2 "${features[@]}" \
         --manifest-path "$dir/Cargo.toml" --target-dir "$target_dir"
       cp "$target_dir/wasm32-wasip2/release/$name.wasm" "$out"
       ;;
@@ -53,7 +57,7 @@ build_one() {
           rustc-web cargo-web rust-web-src lld-22 >&2
       fi
       RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-22 \
-        /usr/bin/cargo build -q --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort \
+        /usr/bin/cargo build -q --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "${features[@]}" \
         --manifest-path "$dir/Cargo.toml" --target-dir "$target_dir/debian"
       wasm_tools component new "$target_dir/debian/wasm32-unknown-unknown/release/$name.wasm" -o "$out"
       ;;
@@ -63,3 +67,5 @@ build_one() {
 }
 
 for g in "${guests[@]}"; do build_one "$g"; done
+# The chaos guest with one behaviour for every message: a version to roll back.
+build_one tests/fixtures/chaos grumpy

@@ -183,6 +183,7 @@ impl Dispatcher {
         }
         // Stop taking deliveries, but finish (publish and settle) what was taken.
         while in_flight.next().await.is_some() {}
+        consumer.stop().await;
         debug!(agent, "consumer stopped");
     }
 

@@ -4,16 +4,18 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::{Broker, Envelope, Route};
 use crate::dispatch::{DispatchConfig, Dispatcher, Event};
+use crate::guard::{self, GuardConfig};
 use crate::registry::{self, PluginError, Registry};
 use crate::runtime::{AgentLimits, Runtime, RuntimeConfig};
 use crate::status::{AgentStatus, Status};
@@ -26,6 +28,22 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct HostConfig {
     pub runtime: RuntimeConfig,
     pub dispatch: DispatchConfig,
+    /// When a freshly swapped-in version is rolled back.
+    pub guard: GuardConfig,
+}
+
+/// Plugin lifecycle counts, host-wide.
+#[derive(Debug, Default)]
+pub struct PluginCounters {
+    /// Agents loaded where none was.
+    pub loads: AtomicU64,
+    /// Versions replaced by a new one.
+    pub swaps: AtomicU64,
+    /// New versions the guard swapped back out.
+    pub rollbacks: AtomicU64,
+    /// Plugin files refused (invalid, wrong world, bad manifest, ...).
+    pub rejections: AtomicU64,
+    pub removals: AtomicU64,
 }
 
 pub struct Host {
@@ -39,6 +57,8 @@ pub struct Host {
     /// Per agent: the token that stops its consumers.
     consumers: Mutex<HashMap<String, CancellationToken>>,
     tasks: TaskTracker,
+    guard: GuardConfig,
+    counters: Arc<PluginCounters>,
 }
 
 impl Host {
@@ -64,6 +84,8 @@ impl Host {
             shutdown: CancellationToken::new(),
             consumers: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            guard: config.guard,
+            counters: Arc::default(),
         }))
     }
 
@@ -73,6 +95,10 @@ impl Host {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    pub fn counters(&self) -> &PluginCounters {
+        &self.counters
     }
 
     pub fn events(&self) -> broadcast::Receiver<Event> {
@@ -95,11 +121,14 @@ impl Host {
         Ok(loaded)
     }
 
-    /// Loads (or replaces) one agent from its file, declares its queue and
-    /// starts its consumers. On failure the reason is kept for status.
+    /// Loads, replaces or (if unchanged) keeps one agent from its file,
+    /// declares its queue and starts its consumers. A file that fails leaves
+    /// the running version (if any) serving; the reason is kept for status.
     pub async fn load_plugin(&self, path: &Path) -> Result<String> {
         let agent = crate::names::from_path(path).unwrap_or_else(|_| path.display().to_string());
         let result = async {
+            // Compiling and the smoke instantiation happen here, off the hot
+            // path: running consumers keep using the current version.
             let pool = registry::load_plugin(&self.runtime, path, &self.limits).await?;
             self.broker.declare_agent(pool.name()).await?;
             Ok::<_, anyhow::Error>(pool)
@@ -108,6 +137,14 @@ impl Host {
         let pool = match result {
             Ok(pool) => pool,
             Err(e) => {
+                self.counters.rejections.fetch_add(1, Ordering::Relaxed);
+                if let Some(current) = self.registry.get(&agent) {
+                    warn!(
+                        agent,
+                        version = current.version(),
+                        "the new file was refused; the running version keeps serving"
+                    );
+                }
                 self.registry.record_error(PluginError {
                     agent: agent.clone(),
                     file: path.to_path_buf(),
@@ -116,20 +153,81 @@ impl Host {
                 return Err(e);
             }
         };
+        let name = pool.name().to_string();
+        let current = self.registry.get(&name);
+        if let Some(current) = &current
+            && current.version() == pool.version()
+            && current.limits() == pool.limits()
+        {
+            debug!(agent = name, version = pool.version(), "plugin unchanged");
+            // The file is what is serving again: nothing refused any more.
+            self.registry.clear_error(&name);
+            return Ok(name);
+        }
+        if self.registry.was_rolled_back(&name, pool.version()) {
+            info!(
+                agent = name,
+                version = pool.version(),
+                "this version was rolled back; waiting for a changed file"
+            );
+            return Ok(name);
+        }
         let m = pool.module();
         info!(
             agent = m.name,
             version = m.version,
+            replaces = current.as_ref().map(|c| c.version()),
             file = %m.source.display(),
             compile_cache = if m.cache_hit { "hit" } else { "miss" },
-            "agent loaded"
+            "{}",
+            if current.is_some() { "agent replaced" } else { "agent loaded" }
         );
-        let name = pool.name().to_string();
-        self.registry.insert(pool);
+        // The swap: new deliveries get the new version; calls in flight hold
+        // the old one and finish on it; its instances go when the last does.
+        match self.registry.insert(pool.clone()) {
+            Some(previous) => {
+                self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+                previous.release_idle();
+                if self.guard.first_calls > 0 {
+                    let (registry, counters) = (self.registry.clone(), self.counters.clone());
+                    let (config, shutdown) = (self.guard, self.shutdown.clone());
+                    self.tasks.spawn(async move {
+                        if guard::watch(config, registry, pool, previous, shutdown).await {
+                            counters.rollbacks.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+            }
+            None => {
+                self.counters.loads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.start_consumers(&name)
             .await
             .with_context(|| format!("starting consumers for agent `{name}`"))?;
         Ok(name)
+    }
+
+    /// Unloads an agent: its consumers stop taking deliveries, finish and
+    /// settle the ones they hold, and let go of the queue. The queue and the
+    /// messages waiting in it stay in the broker for when the agent returns.
+    pub fn remove_agent(&self, agent: &str) -> bool {
+        let pool = self.registry.remove(agent);
+        if let Some(token) = self.consumers.lock().unwrap().remove(agent) {
+            token.cancel();
+        }
+        match pool {
+            Some(pool) => {
+                self.counters.removals.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    agent,
+                    version = pool.version(),
+                    "agent removed; its queue keeps its messages"
+                );
+                true
+            }
+            None => false,
+        }
     }
 
     /// Starts the agent's consumers, once: a replaced version is picked up by

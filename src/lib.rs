@@ -18,6 +18,8 @@
 //! - [`runtime`] — wasmtime: loading and checking components against the
 //!   world, the compile cache, the WASI sandbox, per-agent instance pools.
 //! - [`registry`] — agents by name, each the current version of its plugin.
+//! - [`watch`] — the live plugins folder: add, replace, remove on file events.
+//! - [`guard`] — the rollback guard for a freshly swapped-in version.
 //! - [`host`] — ties them together: load a plugins folder, run consumers,
 //!   report status, shut down gracefully.
 //!
@@ -40,12 +42,14 @@ pub mod client;
 pub mod control;
 pub mod demo;
 pub mod dispatch;
+pub mod guard;
 pub mod host;
 pub mod names;
 pub mod registry;
 pub mod runtime;
 pub mod status;
 pub mod testbench;
+pub mod watch;
 pub mod wire;
 
 pub use broker::Broker;

@@ -128,6 +128,16 @@ struct HostArgs {
     /// Folder of agent components (`NAME.wasm`; the agent is called NAME).
     #[arg(long, env = "WARREN_PLUGINS", default_value = "plugins")]
     plugins: PathBuf,
+    /// Do not watch the plugins folder (by default `run` adds, replaces and
+    /// removes agents as their files come and go).
+    #[arg(long)]
+    no_watch: bool,
+    /// Calls a freshly swapped-in version is judged on (0: no rollback guard).
+    #[arg(long, default_value_t = 20)]
+    rollback_after: u64,
+    /// Roll a new version back if more than this share of those calls failed.
+    #[arg(long, default_value_t = 0.5)]
+    rollback_share: f64,
     #[command(flatten)]
     runtime: RuntimeArgs,
     #[command(flatten)]
@@ -286,6 +296,10 @@ impl HostArgs {
                 in_flight_per_consumer: d.in_flight,
                 max_outgoing: d.max_outgoing,
                 max_message_bytes: d.max_message_kb << 10,
+            },
+            guard: warren::guard::GuardConfig {
+                first_calls: self.rollback_after,
+                max_failure_share: self.rollback_share,
             },
         }
     }
@@ -478,6 +492,12 @@ async fn run_host(args: HostArgs, broker: BrokerArgs, control_path: PathBuf) -> 
         args.plugins.display(),
         loaded.join(", ")
     );
+    let watcher = if args.no_watch {
+        None
+    } else {
+        info!("watching {} for plugin changes", args.plugins.display());
+        Some(warren::watch::watch(host.clone(), &args.plugins)?)
+    };
     let stop = CancellationToken::new();
     // With RabbitMQ, `send` and `status` talk to the broker; the control socket
     // is only how they reach an embedded broker inside this process.
@@ -496,6 +516,7 @@ async fn run_host(args: HostArgs, broker: BrokerArgs, control_path: PathBuf) -> 
         }
     }
     info!("shutting down: finishing in-flight messages");
+    drop(watcher);
     stop.cancel();
     host.shutdown().await;
     if embedded {

@@ -25,6 +25,9 @@ pub struct PluginError {
 pub struct Registry {
     agents: RwLock<BTreeMap<String, Arc<AgentPool>>>,
     errors: RwLock<BTreeMap<String, PluginError>>,
+    /// Per agent, the version the rollback guard threw out: the same file is
+    /// not loaded again until it changes.
+    rolled_back: RwLock<BTreeMap<String, String>>,
 }
 
 impl Registry {
@@ -43,8 +46,38 @@ impl Registry {
         self.agents.write().unwrap().insert(name, pool)
     }
 
+    /// Puts `with` in place of `current`, only if `current` is still the
+    /// agent's version (a newer swap wins over a late rollback).
+    pub fn replace_if_current(&self, current: &Arc<AgentPool>, with: Arc<AgentPool>) -> bool {
+        let mut agents = self.agents.write().unwrap();
+        match agents.get_mut(current.name()) {
+            Some(slot) if Arc::ptr_eq(slot, current) => {
+                *slot = with;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn remove(&self, agent: &str) -> Option<Arc<AgentPool>> {
+        self.errors.write().unwrap().remove(agent);
         self.agents.write().unwrap().remove(agent)
+    }
+
+    pub fn mark_rolled_back(&self, agent: &str, version: &str) {
+        self.rolled_back
+            .write()
+            .unwrap()
+            .insert(agent.to_string(), version.to_string());
+    }
+
+    /// Whether `version` of `agent` was rolled back by the guard.
+    pub fn was_rolled_back(&self, agent: &str, version: &str) -> bool {
+        self.rolled_back
+            .read()
+            .unwrap()
+            .get(agent)
+            .is_some_and(|v| v == version)
     }
 
     pub fn agents(&self) -> Vec<Arc<AgentPool>> {
@@ -56,6 +89,10 @@ impl Registry {
             .write()
             .unwrap()
             .insert(error.agent.clone(), error);
+    }
+
+    pub fn clear_error(&self, agent: &str) {
+        self.errors.write().unwrap().remove(agent);
     }
 
     pub fn errors(&self) -> Vec<PluginError> {

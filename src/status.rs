@@ -75,7 +75,13 @@ impl AgentStatus {
             queue.status = "not loaded".into();
         }
         if error.is_some() {
-            queue.status = "plugin error".into();
+            // With a version loaded, the error is about a newer file (refused,
+            // or rolled back): the loaded version keeps serving.
+            queue.status = if pool.is_some() {
+                "serving; new file refused".into()
+            } else {
+                "plugin error".into()
+            };
         }
         let stats = pool.map(|p| p.stats());
         let counter = |f: fn(&crate::runtime::CallStats) -> &std::sync::atomic::AtomicU64| {

@@ -80,6 +80,7 @@ impl BenchConfig {
                 in_flight_per_consumer: self.in_flight,
                 ..Default::default()
             },
+            guard: Default::default(),
         }
     }
 

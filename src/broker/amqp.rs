@@ -32,9 +32,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
@@ -769,6 +769,21 @@ impl Consumer for AmqpConsumer {
                 }
                 None => return None,
             }
+        }
+    }
+
+    async fn stop(self: Box<Self>) {
+        let tag = self.consumer.tag();
+        if let Err(e) = self
+            .channel
+            .basic_cancel(tag.clone(), BasicCancelOptions::default())
+            .await
+        {
+            debug!(consumer = %tag, "cancelling the consumer: {e}");
+        }
+        // Closing the channel hands any prefetched, unsettled delivery back.
+        if let Err(e) = self.channel.close(200, "consumer stopped".into()).await {
+            debug!(consumer = %tag, "closing the consumer channel: {e}");
         }
     }
 }

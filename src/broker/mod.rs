@@ -187,6 +187,10 @@ pub trait Acker: Send {
 pub trait Consumer: Send {
     /// The next delivery; `None` once the consumer is closed for good.
     async fn next(&mut self) -> Option<Delivery>;
+
+    /// Stops consuming for good, once every delivery taken is settled. A
+    /// delivery the broker sent ahead (prefetch) goes back to the queue.
+    async fn stop(self: Box<Self>) {}
 }
 
 /// The transport as dispatch sees it.

@@ -176,7 +176,7 @@ impl Runtime {
             .with_context(|| format!("does not implement world {WORLD}"))?;
         Ok(AgentModule {
             name: name.to_string(),
-            version: hash[..12].to_string(),
+            version: content_version(bytes),
             source: source.to_path_buf(),
             loaded_at: SystemTime::now(),
             cache_hit,
@@ -206,6 +206,11 @@ impl Runtime {
             }
         }
     }
+}
+
+/// An agent version: the short content hash of its component.
+pub fn content_version(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..6])
 }
 
 fn check_header(bytes: &[u8]) -> Result<()> {

@@ -177,6 +177,12 @@ impl AgentPool {
         &self.stats
     }
 
+    /// Drops the idle instances (a replaced version keeps none around; if it
+    /// is swapped back, instances are created again on demand).
+    pub fn release_idle(&self) {
+        self.idle.lock().unwrap().clear();
+    }
+
     /// The limits this agent runs under (host defaults + its manifest).
     pub fn limits(&self) -> &AgentLimits {
         &self.limits

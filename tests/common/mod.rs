@@ -100,7 +100,12 @@ pub async fn start_on(
     runtime: RuntimeConfig,
     dispatch: DispatchConfig,
 ) -> TestHost {
-    let host = Host::new(HostConfig { runtime, dispatch }, broker.clone()).unwrap();
+    let config = HostConfig {
+        runtime,
+        dispatch,
+        guard: Default::default(),
+    };
+    let host = Host::new(config, broker.clone()).unwrap();
     let events = host.events();
     host.load_dir(dir.path()).await.unwrap();
     TestHost {

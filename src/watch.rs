@@ -1,0 +1,134 @@
+//! The live plugins folder. File events are debounced (a copy in progress
+//! fires many), then for each affected `NAME.wasm` the folder is reconciled
+//! with the host: a file that is there is loaded (added, or swapped in if it
+//! changed), a file that is gone unloads its agent. Editing `NAME.toml`
+//! reloads `NAME.wasm` with the new limits. Hidden files, editor backups and
+//! anything not `.wasm`/`.toml` are ignored; a half-written file fails the
+//! component check and leaves the running version serving until the write
+//! completes (its final event triggers another load).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use notify::EventKind;
+use notify::event::{AccessKind, AccessMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use tracing::{debug, error, warn};
+
+use crate::host::Host;
+use crate::registry::is_plugin_file;
+
+/// Quiet time after a file's last event before it is looked at.
+pub const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Keeps the folder watched; dropping it stops watching.
+pub struct PluginWatcher {
+    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PluginWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts watching `dir` for `host`.
+pub fn watch(host: Arc<Host>, dir: &Path) -> Result<PluginWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |events: DebounceEventResult| {
+        let _ = tx.send(events);
+    })
+    .context("starting the plugins folder watcher")?;
+    debouncer
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    let folder = dir.to_path_buf();
+    let task = tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            match batch {
+                Ok(events) => {
+                    let plugins: BTreeSet<PathBuf> = events
+                        .iter()
+                        .filter(|e| changes_content(&e.kind))
+                        .flat_map(|e| e.paths.iter())
+                        .filter_map(|p| plugin_for(p))
+                        .collect();
+                    for plugin in plugins {
+                        reconcile(&host, &plugin).await;
+                    }
+                }
+                Err(errors) => {
+                    for e in errors {
+                        warn!(folder = %folder.display(), "watching the plugins folder: {e}");
+                    }
+                }
+            }
+        }
+    });
+    Ok(PluginWatcher {
+        _debouncer: debouncer,
+        task,
+    })
+}
+
+/// Events that may change what a file holds (loading a plugin reads it,
+/// which must not trigger another load).
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        _ => false,
+    }
+}
+
+/// The plugin file an event's path concerns: `NAME.wasm` for itself or its
+/// manifest `NAME.toml`; `None` for anything else.
+fn plugin_for(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    if name.starts_with('.') {
+        return None;
+    }
+    let wasm = match path.extension()?.to_str()? {
+        "wasm" => path.to_path_buf(),
+        "toml" => path.with_extension("wasm"),
+        _ => return None,
+    };
+    crate::names::from_path(&wasm).ok()?;
+    Some(wasm)
+}
+
+/// Makes the host match the file: load or swap it if it is there, unload
+/// its agent if it is gone.
+async fn reconcile(host: &Arc<Host>, plugin: &Path) {
+    if is_plugin_file(plugin) {
+        debug!(file = %plugin.display(), "plugin file changed");
+        if let Err(e) = host.load_plugin(plugin).await {
+            error!("{e:#}");
+        }
+    } else if !plugin.exists() {
+        if let Ok(agent) = crate::names::from_path(plugin) {
+            host.remove_agent(&agent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plugins_and_their_manifests_count() {
+        let p = |s: &str| plugin_for(Path::new(s));
+        assert_eq!(p("/x/echo.wasm"), Some(PathBuf::from("/x/echo.wasm")));
+        assert_eq!(p("/x/echo.toml"), Some(PathBuf::from("/x/echo.wasm")));
+        assert_eq!(p("/x/.echo.wasm.swp"), None);
+        assert_eq!(p("/x/.echo.wasm"), None);
+        assert_eq!(p("/x/echo.wasm~"), None);
+        assert_eq!(p("/x/echo.wasm.part"), None);
+        assert_eq!(p("/x/README.md"), None);
+    }
+}
