@@ -27,16 +27,7 @@ use warren::{Broker, MemoryBroker, client};
 /// The same component with a different content hash (a custom section
 /// appended): a second version that behaves identically.
 fn variant(name: &str, tag: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(guest(name)).unwrap();
-    let section_name = b"warren-test-variant";
-    let mut payload = vec![section_name.len() as u8];
-    payload.extend_from_slice(section_name);
-    payload.extend_from_slice(tag.as_bytes());
-    assert!(payload.len() < 128, "one-byte LEB128 size");
-    bytes.push(0); // custom section
-    bytes.push(payload.len() as u8);
-    bytes.extend_from_slice(&payload);
-    bytes
+    warren::bench::local::distinct_copy(&std::fs::read(guest(name)).unwrap(), tag)
 }
 
 fn watched(t: &TestHost) -> PluginWatcher {

@@ -178,7 +178,7 @@ pub async fn embedded_hops(config: &BenchConfig) -> Result<Table> {
 
 /// A copy of a component that differs only in a custom section, so that it
 /// has its own content hash (and its own compile-cache entry).
-fn distinct_copy(bytes: &[u8], tag: &str) -> Vec<u8> {
+pub fn distinct_copy(bytes: &[u8], tag: &str) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let b = (n & 0x7f) as u8;

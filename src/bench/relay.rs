@@ -422,13 +422,53 @@ pub async fn throughput(config: &BenchConfig) -> Result<Table> {
     result
 }
 
-/// Offers `rate` msg/s for the configured time; returns sorted latencies.
+/// How often the swapping latency run replaces the agent's file.
+const SWAP_EVERY: Duration = Duration::from_millis(250);
+
+/// Replaces the warren relay's agent file every [`SWAP_EVERY`], alternating
+/// two versions, through the folder watcher (as an operator would).
+struct Swapper {
+    _watcher: crate::watch::PluginWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Swapper {
+    fn start(relay: &WarrenRelay) -> Result<Self> {
+        let watcher = crate::watch::watch(relay.host.clone(), relay._dir.path())?;
+        let path = relay._dir.path().join(format!("{AGENT}.wasm"));
+        let v1 = std::fs::read(&path)?;
+        let v2 = super::local::distinct_copy(&v1, "swap");
+        let task = tokio::spawn(async move {
+            for i in 0.. {
+                tokio::time::sleep(SWAP_EVERY).await;
+                let bytes = if i % 2 == 0 { &v2 } else { &v1 };
+                if let Err(e) = std::fs::write(&path, bytes) {
+                    tracing::error!("swapping {}: {e}", path.display());
+                }
+            }
+        });
+        Ok(Swapper {
+            _watcher: watcher,
+            task,
+        })
+    }
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Offers `rate` msg/s for the configured time; returns sorted latencies
+/// and, when `swapping`, how many times the agent was swapped meanwhile.
 async fn latency_once(
     config: &BenchConfig,
     admin: &Admin,
     warren: bool,
+    swapping: bool,
     rate: u32,
-) -> Result<Vec<Duration>> {
+) -> Result<(Vec<Duration>, u64)> {
     let input = admin.fresh_run(warren).await?;
     let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
 
@@ -436,8 +476,13 @@ async fn latency_once(
         Warren(WarrenRelay),
         Raw(RawRelay),
     }
+    let mut swapper = None;
     let relay = if warren {
-        Running::Warren(WarrenRelay::start(config, Mode::Reliable).await?)
+        let relay = WarrenRelay::start(config, Mode::Reliable).await?;
+        if swapping {
+            swapper = Some(Swapper::start(&relay)?);
+        }
+        Running::Warren(relay)
     } else {
         Running::Raw(RawRelay::start(config, Mode::Reliable, false).await?)
     };
@@ -506,10 +551,22 @@ async fn latency_once(
         c?;
     }
     let arrived = receiver.await?;
-    match relay {
-        Running::Warren(w) => w.host.shutdown().await,
-        Running::Raw(r) => r.stop().await?,
-    }
+    drop(swapper);
+    let swaps = match relay {
+        Running::Warren(w) => {
+            let swaps = w
+                .host
+                .counters()
+                .swaps
+                .load(std::sync::atomic::Ordering::Relaxed);
+            w.host.shutdown().await;
+            swaps
+        }
+        Running::Raw(r) => {
+            r.stop().await?;
+            0
+        }
+    };
     if arrived.len() < n {
         bail!("latency run lost track: {} of {n} arrived", arrived.len());
     }
@@ -518,7 +575,7 @@ async fn latency_once(
         .filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s)))
         .collect();
     lat.sort();
-    Ok(lat)
+    Ok((lat, swaps))
 }
 
 fn pct(lat: &[Duration], p: f64) -> String {
@@ -537,26 +594,38 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
                 "RabbitMQ end-to-end latency, persistent + confirms ({} s per run), ms",
                 config.latency_seconds
             ),
-            &["offered rate", "relay", "p50", "p99", "max"],
+            &["offered rate", "relay", "p50", "p99", "max", "swaps"],
         );
         declare_warren(config).await?;
         admin.queue(OUT, true).await?;
         admin.queue(RAW_IN, true).await?;
         for &rate in &config.rates {
-            for warren in [true, false] {
-                let lat = latency_once(config, &admin, warren, rate).await?;
+            for (warren, swapping, label) in [
+                (true, false, "warren"),
+                (true, true, "warren, swapping"),
+                (false, false, "raw lapin"),
+            ] {
+                let (lat, swaps) = latency_once(config, &admin, warren, swapping, rate).await?;
                 t.row(vec![
                     format!("{rate} msg/s"),
-                    if warren { "warren" } else { "raw lapin" }.into(),
+                    label.into(),
                     pct(&lat, 0.5),
                     pct(&lat, 0.99),
                     pct(&lat, 1.0),
+                    if swapping {
+                        swaps.to_string()
+                    } else {
+                        "-".into()
+                    },
                 ]);
             }
         }
-        t.note = Some(
-            "From just before the publish to arrival at a consumer of the output queue.".into(),
-        );
+        t.note = Some(format!(
+            "From just before the publish to arrival at a consumer of the output queue. \
+                 \"swapping\": the agent's file is replaced every {} ms (two versions, \
+                 alternating) through the folder watcher while the load runs.",
+            SWAP_EVERY.as_millis()
+        ));
         Ok(t)
     }
     .await;
