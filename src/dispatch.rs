@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::broker::{
     Broker, Consumer, Delivery, Envelope, HEADER_AGENT_VERSION, Route, Unroutable,
 };
+use crate::metrics::{AgentMetrics, Metrics};
 use crate::names;
 use crate::registry::Registry;
 use crate::runtime::{ChatMessage, Destination, Failure, Message, Outgoing};
@@ -130,15 +131,22 @@ pub struct Dispatcher {
     registry: Arc<Registry>,
     config: DispatchConfig,
     events: broadcast::Sender<Event>,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
-    pub fn new(broker: Arc<dyn Broker>, registry: Arc<Registry>, config: DispatchConfig) -> Self {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        registry: Arc<Registry>,
+        config: DispatchConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Dispatcher {
             broker,
             registry,
             config,
             events: broadcast::channel(1024).0,
+            metrics,
         }
     }
 
@@ -169,6 +177,7 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) {
         let max = self.config.in_flight_per_consumer.max(1);
+        let metrics = self.metrics.agent(&agent);
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
             tokio::select! {
@@ -176,7 +185,7 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 d = consumer.next(), if in_flight.len() < max => match d {
-                    Some(d) => in_flight.push(self.handle(&agent, d)),
+                    Some(d) => in_flight.push(self.handle(&agent, &metrics, d)),
                     None => break,
                 },
             }
@@ -190,16 +199,29 @@ impl Dispatcher {
     /// Handles one delivery to its settlement. Never fails: every error ends
     /// in a retry or a dead letter, and a settlement error is logged (the
     /// broker then redelivers the unsettled message).
-    pub async fn handle(&self, agent: &str, delivery: Delivery) {
+    pub async fn handle(&self, agent: &str, m: &AgentMetrics, delivery: Delivery) {
+        let started = std::time::Instant::now();
+        m.received.inc();
+        m.in_flight.inc();
+        self.handle_inner(agent, m, delivery).await;
+        m.in_flight.dec();
+        m.processing_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn handle_inner(&self, agent: &str, m: &AgentMetrics, delivery: Delivery) {
         let id = delivery.envelope.id.clone();
         let attempt = delivery.envelope.attempt;
-        let verdict = self.decide(agent, &delivery.envelope).await;
+        let verdict = self.decide(agent, m, &delivery.envelope).await;
         let settled = match verdict {
             Verdict::Publish { planned, version } => {
                 let conversation_id = delivery.envelope.conversation_id.clone();
-                match self.publish_all(agent, &planned).await {
+                match self.publish_all(agent, m, &planned).await {
                     Ok(()) => {
                         let r = delivery.ack().await;
+                        if r.is_ok() {
+                            m.acked.inc();
+                        }
                         if self.observed() {
                             self.emit(Event::Handled {
                                 agent: agent.into(),
@@ -213,17 +235,24 @@ impl Dispatcher {
                         r
                     }
                     Err(e) => {
+                        m.failure("publish");
                         let reason = format!("publishing its output failed: {e:#}");
-                        self.retry_or_dead_letter(agent, delivery, reason, self.config.max_attempts)
-                            .await
+                        self.retry_or_dead_letter(
+                            agent,
+                            m,
+                            delivery,
+                            reason,
+                            self.config.max_attempts,
+                        )
+                        .await
                     }
                 }
             }
             Verdict::Retry { reason, budget } => {
-                self.retry_or_dead_letter(agent, delivery, reason, budget)
+                self.retry_or_dead_letter(agent, m, delivery, reason, budget)
                     .await
             }
-            Verdict::DeadLetter(reason) => self.dead_letter(agent, delivery, reason).await,
+            Verdict::DeadLetter(reason) => self.dead_letter(agent, m, delivery, reason).await,
         };
         if let Err(e) = settled {
             warn!(
@@ -233,8 +262,9 @@ impl Dispatcher {
         }
     }
 
-    async fn decide(&self, agent: &str, env: &Envelope) -> Verdict {
+    async fn decide(&self, agent: &str, m: &AgentMetrics, env: &Envelope) -> Verdict {
         if env.hops > self.config.max_hops {
+            m.failure("hop-limit");
             return Verdict::DeadLetter(format!(
                 "hop limit exceeded: {} hops (max {}), the conversation is looping (last sender: {})",
                 env.hops,
@@ -244,6 +274,7 @@ impl Dispatcher {
         }
         let Some(pool) = self.registry.get(agent) else {
             // Unloaded between delivery and now (hot swap): try again later.
+            m.failure("not-loaded");
             return Verdict::Retry {
                 reason: format!("agent `{agent}` is not loaded"),
                 budget: self.config.max_attempts,
@@ -251,6 +282,7 @@ impl Dispatcher {
         };
         let limits = pool.limits();
         if env.body.len() > limits.max_message_bytes {
+            m.failure("too-large");
             return Verdict::DeadLetter(format!(
                 "message too large: {} bytes (max {})",
                 env.body.len(),
@@ -259,11 +291,18 @@ impl Dispatcher {
         }
         let body = match Body::decode(&env.body) {
             Ok(b) => b,
-            Err(e) => return Verdict::DeadLetter(format!("undecodable body: {e:#}")),
+            Err(e) => {
+                m.failure("undecodable");
+                return Verdict::DeadLetter(format!("undecodable body: {e:#}"));
+            }
         };
         let msg = to_message(agent, env, &body);
-        match pool.call(&msg).await {
+        let called = std::time::Instant::now();
+        let answer = pool.call(&msg).await;
+        m.guest_seconds.observe(called.elapsed().as_secs_f64());
+        match answer {
             Ok(Ok(outgoing)) if outgoing.len() > limits.max_outgoing => {
+                m.failure("invalid-output");
                 Verdict::DeadLetter(format!(
                     "invalid output from agent: {} outgoing messages (max {})",
                     outgoing.len(),
@@ -277,23 +316,33 @@ impl Dispatcher {
                     planned,
                     version: pool.version().to_string(),
                 },
-                Err(e) => Verdict::DeadLetter(format!("invalid output from agent: {e:#}")),
+                Err(e) => {
+                    m.failure("invalid-output");
+                    Verdict::DeadLetter(format!("invalid output from agent: {e:#}"))
+                }
             },
-            Ok(Err(Failure::Retry(reason))) => Verdict::Retry {
-                reason: format!("agent asked to retry: {reason}"),
-                budget: self.config.max_attempts,
-            },
+            Ok(Err(Failure::Retry(reason))) => {
+                m.failure("retry");
+                Verdict::Retry {
+                    reason: format!("agent asked to retry: {reason}"),
+                    budget: self.config.max_attempts,
+                }
+            }
             Ok(Err(Failure::Reject(reason))) => {
+                m.failure("reject");
                 Verdict::DeadLetter(format!("rejected by agent: {reason}"))
             }
-            Err(guest) => Verdict::Retry {
-                reason: format!("guest failed: {guest}"),
-                budget: 1 + self.config.trap_retries,
-            },
+            Err(guest) => {
+                m.failure(guest.kind.label());
+                Verdict::Retry {
+                    reason: format!("guest failed: {guest}"),
+                    budget: 1 + self.config.trap_retries,
+                }
+            }
         }
     }
 
-    async fn publish_all(&self, agent: &str, planned: &[Planned]) -> Result<()> {
+    async fn publish_all(&self, agent: &str, m: &AgentMetrics, planned: &[Planned]) -> Result<()> {
         // All publishes are in flight at once (confirms pipeline); the input
         // is acked only when every one of them is confirmed.
         let results = futures::future::join_all(
@@ -304,8 +353,12 @@ impl Dispatcher {
         .await;
         for (p, result) in planned.iter().zip(results) {
             match result {
-                Ok(()) => {}
+                Ok(()) => {
+                    m.published.inc();
+                }
                 Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
+                    m.failure("unroutable");
+                    m.dead_lettered.inc();
                     // Nobody would ever receive it: keep it, with the reason, in
                     // the sending agent's dead-letter queue instead of losing it.
                     let reason = format!("{e}: sent by `{agent}`");
@@ -328,6 +381,7 @@ impl Dispatcher {
     async fn retry_or_dead_letter(
         &self,
         agent: &str,
+        m: &AgentMetrics,
         delivery: Delivery,
         reason: String,
         budget: u32,
@@ -335,7 +389,7 @@ impl Dispatcher {
         let attempt = delivery.envelope.attempt;
         if attempt >= budget {
             let reason = format!("{reason} (gave up after {attempt} attempts)");
-            return self.dead_letter(agent, delivery, reason).await;
+            return self.dead_letter(agent, m, delivery, reason).await;
         }
         let delay = backoff(&self.config, attempt);
         let id = delivery.envelope.id.clone();
@@ -347,6 +401,7 @@ impl Dispatcher {
             "retrying: {reason}"
         );
         delivery.retry(delay, &reason).await?;
+        m.retried.inc();
         self.emit(Event::Retrying {
             agent: agent.into(),
             id,
@@ -357,10 +412,17 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn dead_letter(&self, agent: &str, delivery: Delivery, reason: String) -> Result<()> {
+    async fn dead_letter(
+        &self,
+        agent: &str,
+        m: &AgentMetrics,
+        delivery: Delivery,
+        reason: String,
+    ) -> Result<()> {
         let id = delivery.envelope.id.clone();
         warn!(agent, id, "dead-lettered: {reason}");
         delivery.dead_letter(&reason).await?;
+        m.dead_lettered.inc();
         self.emit(Event::DeadLettered {
             agent: agent.into(),
             id,

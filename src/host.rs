@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 use crate::broker::{Broker, Envelope, Route};
 use crate::dispatch::{DispatchConfig, Dispatcher, Event};
 use crate::guard::{self, GuardConfig};
+use crate::metrics::Metrics;
 use crate::registry::{self, PluginError, Registry};
 use crate::runtime::{AgentLimits, Runtime, RuntimeConfig};
 use crate::status::{AgentStatus, Status};
@@ -59,6 +60,19 @@ pub struct Host {
     tasks: TaskTracker,
     guard: GuardConfig,
     counters: Arc<PluginCounters>,
+    metrics: Arc<Metrics>,
+}
+
+/// Whether the host can do its job, and if not, why (`/readyz`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub broker: String,
+    pub broker_connected: bool,
+    /// Agents loaded and consuming.
+    pub agents: Vec<String>,
+    /// What keeps the host from being ready.
+    pub problems: Vec<String>,
 }
 
 impl Host {
@@ -70,10 +84,12 @@ impl Host {
         );
         let runtime = Runtime::new(config.runtime)?;
         let registry = Arc::new(Registry::new());
+        let metrics = Arc::new(Metrics::new());
         let dispatcher = Arc::new(Dispatcher::new(
             broker.clone(),
             registry.clone(),
             config.dispatch,
+            metrics.clone(),
         ));
         Ok(Arc::new(Host {
             broker,
@@ -86,6 +102,7 @@ impl Host {
             tasks: TaskTracker::new(),
             guard: config.guard,
             counters: Arc::default(),
+            metrics,
         }))
     }
 
@@ -99,6 +116,48 @@ impl Host {
 
     pub fn counters(&self) -> &PluginCounters {
         &self.counters
+    }
+
+    /// The Prometheus text for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(
+            self.broker.as_ref(),
+            &self.counters,
+            &self.registry.agents(),
+        )
+    }
+
+    /// Ready when the broker is connected and every plugin file is loaded.
+    /// A refused replacement with its old version still serving is reported
+    /// but does not make the host unready.
+    pub fn readiness(&self) -> Readiness {
+        let broker_connected = self.broker.connected();
+        let agents: Vec<String> = self
+            .registry
+            .agents()
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
+        let mut problems = Vec::new();
+        if !broker_connected {
+            problems.push(format!("broker not connected: {}", self.broker.describe()));
+        }
+        let mut ready = broker_connected;
+        for e in self.registry.errors() {
+            if agents.contains(&e.agent) {
+                problems.push(format!("agent `{}` (still serving): {}", e.agent, e.reason));
+            } else {
+                ready = false;
+                problems.push(format!("agent `{}` not loaded: {}", e.agent, e.reason));
+            }
+        }
+        Readiness {
+            ready,
+            broker: self.broker.describe(),
+            broker_connected,
+            agents,
+            problems,
+        }
     }
 
     pub fn events(&self) -> broadcast::Receiver<Event> {

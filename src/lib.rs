@@ -31,6 +31,7 @@
 //! - [`control`] — the local socket through which `warren send` / `status`
 //!   reach a host running the embedded broker.
 //! - [`status`] — the queue health table.
+//! - [`metrics`] and [`http`] — Prometheus `/metrics`, `/healthz`, `/readyz`.
 //! - [`testbench`] — `warren test`: one plugin, no broker.
 //! - [`demo`] — `warren demo`: the Agent A → Agent B handoff.
 //! - [`bench`] — `warren bench`: throughput, latency and cost, side by side
@@ -44,6 +45,8 @@ pub mod demo;
 pub mod dispatch;
 pub mod guard;
 pub mod host;
+pub mod http;
+pub mod metrics;
 pub mod names;
 pub mod registry;
 pub mod runtime;

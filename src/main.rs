@@ -40,6 +40,12 @@ enum Command {
         /// Control socket through which `warren send` / `warren status` reach this host.
         #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
         control: PathBuf,
+        /// Address of the HTTP endpoint: /metrics (Prometheus), /healthz, /readyz.
+        #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:9464")]
+        http: std::net::SocketAddr,
+        /// No HTTP endpoint.
+        #[arg(long)]
+        no_http: bool,
     },
     /// Send a user message to an agent (the seed's `client.run`).
     Send {
@@ -344,7 +350,9 @@ async fn run(command: Command) -> Result<()> {
             host,
             broker,
             control,
-        } => run_host(host, broker, control).await,
+            http,
+            no_http,
+        } => run_host(host, broker, control, (!no_http).then_some(http)).await,
         Command::Send {
             agent,
             text,
@@ -472,7 +480,12 @@ async fn amqp_status(amqp: &AmqpBroker, plugins: &Path, agents: &[String]) -> Re
     })
 }
 
-async fn run_host(args: HostArgs, broker: BrokerArgs, control_path: PathBuf) -> Result<()> {
+async fn run_host(
+    args: HostArgs,
+    broker: BrokerArgs,
+    control_path: PathBuf,
+    http: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let amqp = broker.connect().await?;
     let broker: Arc<dyn Broker> = match &amqp {
         Some(amqp) => Arc::new(amqp.clone()),
@@ -499,6 +512,13 @@ async fn run_host(args: HostArgs, broker: BrokerArgs, control_path: PathBuf) -> 
         Some(warren::watch::watch(host.clone(), &args.plugins)?)
     };
     let stop = CancellationToken::new();
+    let mut http_server = match http {
+        Some(addr) => {
+            let (_, serve) = warren::http::bind(host.clone(), addr, stop.clone()).await?;
+            tokio::spawn(serve)
+        }
+        None => tokio::spawn(async { std::future::pending::<Result<()>>().await }),
+    };
     // With RabbitMQ, `send` and `status` talk to the broker; the control socket
     // is only how they reach an embedded broker inside this process.
     let embedded = amqp.is_none();
@@ -514,6 +534,10 @@ async fn run_host(args: HostArgs, broker: BrokerArgs, control_path: PathBuf) -> 
             host.shutdown().await;
             return r.context("control server task")?;
         }
+        r = &mut http_server => {
+            host.shutdown().await;
+            return r.context("HTTP endpoint task")?;
+        }
     }
     info!("shutting down: finishing in-flight messages");
     drop(watcher);
@@ -524,6 +548,7 @@ async fn run_host(args: HostArgs, broker: BrokerArgs, control_path: PathBuf) -> 
     } else {
         server.abort();
     }
+    http_server.abort();
     Ok(())
 }
 

@@ -107,7 +107,7 @@ fn run_send_status_across_processes() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("w.sock");
     let host = warren()
-        .args(["run", "--plugins", "plugins"])
+        .args(["run", "--plugins", "plugins", "--http", "127.0.0.1:0"])
         .env("WARREN_CONTROL", &sock)
         .stderr(Stdio::piped())
         .spawn()

@@ -467,7 +467,15 @@ fn cli_run_send_status_over_rabbitmq_never_print_the_password() {
         c
     };
     let host = warren()
-        .args(["run", "--plugins", "plugins", "--consumers", "2"])
+        .args([
+            "run",
+            "--plugins",
+            "plugins",
+            "--consumers",
+            "2",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

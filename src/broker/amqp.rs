@@ -555,6 +555,14 @@ impl Broker for AmqpBroker {
         )
     }
 
+    fn connected(&self) -> bool {
+        self.inner.connection.status().connected()
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.recoveries()
+    }
+
     async fn declare_agent(&self, agent: &str) -> Result<()> {
         names::validate(agent)?;
         let inner = &self.inner;

@@ -199,6 +199,16 @@ pub trait Broker: Send + Sync + 'static {
     /// A one-line description for logs (never includes a password).
     fn describe(&self) -> String;
 
+    /// Whether the connection to the broker is up now.
+    fn connected(&self) -> bool {
+        true
+    }
+
+    /// How many times the connection was lost and recovered.
+    fn reconnects(&self) -> u64 {
+        0
+    }
+
     /// Declares an agent's queue, binding and dead-letter queue. Idempotent.
     async fn declare_agent(&self, agent: &str) -> Result<()>;
 

@@ -49,6 +49,20 @@ pub struct GuestError {
     pub message: String,
 }
 
+impl GuestErrorKind {
+    /// The kind as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            GuestErrorKind::Trap => "trap",
+            GuestErrorKind::Deadline => "deadline",
+            GuestErrorKind::MemoryLimit => "memory-limit",
+            GuestErrorKind::StackOverflow => "stack-overflow",
+            GuestErrorKind::Fuel => "fuel",
+            GuestErrorKind::Instantiate => "instantiate",
+        }
+    }
+}
+
 impl std::fmt::Display for GuestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.kind {
@@ -179,6 +193,10 @@ impl AgentPool {
 
     /// Drops the idle instances (a replaced version keeps none around; if it
     /// is swapped back, instances are created again on demand).
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+
     pub fn release_idle(&self) {
         self.idle.lock().unwrap().clear();
     }
