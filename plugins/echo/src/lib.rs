@@ -1,15 +1,13 @@
 //! Echo: replies with exactly what it received. The benchmark agent.
 
-wit_bindgen::generate!({ world: "agent", path: "../../wit" });
-
-use warren::agent::types::Destination;
+use warren_agent::{Agent, Answer, Destination, Message, Outgoing};
 
 struct Echo;
 
-impl Guest for Echo {
-    fn on_message(msg: Message) -> Result<Vec<Outgoing>, Failure> {
+impl Agent for Echo {
+    fn on_message(msg: Message) -> Answer {
         Ok(vec![Outgoing { to: Destination::Reply, messages: msg.messages, context: None }])
     }
 }
 
-export!(Echo);
+warren_agent::export_agent!(Echo);
