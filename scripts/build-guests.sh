@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Builds every guest component from source and puts each where the host finds it:
-#   plugins/<name>/         -> plugins/<name>.wasm        (example agents)
-#   tests/fixtures/<name>/  -> tests/fixtures/<name>.wasm (test-only guests)
+#   plugins/<name>/           -> plugins/<name>.wasm          (example agents, Rust)
+#   plugins/python/<name>/    -> plugins/python/<name>.wasm   (the same agents in Python)
+#   plugins/js/<name>/        -> plugins/js/<name>.wasm       (the same agents in JavaScript)
+#   tests/fixtures/<name>/    -> tests/fixtures/<name>.wasm   (test-only guests)
+#   tests/fixtures/conformance/{rust,python,js} -> tests/fixtures/{rust,python,js}/conformance.wasm
+#
+# WARREN_GUESTS=rust builds only the Rust guests (no Python / Node.js tools needed).
+#
+# Python: componentize-py (pinned, installed from PyPI into target/tools/venv).
+# JavaScript: jco with the QuickJS backend (pinned in scripts/js-tools, npm ci).
 #
 # Toolchain: rustup's wasm32-wasip2 target (the standard path). When rustup cannot
 # fetch that target (offline machines), Debian's rustc-web + rust-web-src build
@@ -36,12 +44,12 @@ wasm_tools() {
   "$venv/bin/wasm-tools" "$@"
 }
 
-# build_one DIR [FEATURE]: DIR/ -> DIR.wasm; with a cargo FEATURE, a variant
-# of the same crate -> FEATURE.wasm beside it.
+# build_one DIR [FEATURE [OUT]]: DIR/ -> DIR.wasm; with a cargo FEATURE, a
+# variant of the same crate -> FEATURE.wasm beside it (or OUT).
 build_one() {
   local dir=$1 feature=${2:-} name
-  name=$(basename "$dir")
-  local out=$(dirname "$dir")/${feature:-$name}.wasm
+  name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -1 | tr - _)
+  local out=${3:-$(dirname "$dir")/${feature:-$(basename "$dir")}.wasm}
   local features=()
   [ -n "$feature" ] && features=(--features "$feature")
   case $mode in
@@ -69,3 +77,52 @@ build_one() {
 for g in "${guests[@]}"; do build_one "$g"; done
 # The chaos guest with one behaviour for every message: a version to roll back.
 build_one tests/fixtures/chaos grumpy
+mkdir -p tests/fixtures/rust
+build_one tests/fixtures/conformance/rust "" tests/fixtures/rust/conformance.wasm
+
+[ "${WARREN_GUESTS:-all}" = rust ] && exit 0
+
+python_tools() {
+  local venv=$root/target/tools/venv
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
+  if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q "0.25.1"; then
+    "$venv/bin/pip" install -q componentize-py==0.25.1 >&2
+  fi
+  echo "$venv/bin/componentize-py"
+}
+
+js_tools() {
+  local dir=$root/scripts/js-tools
+  if [ ! -x "$dir/node_modules/.bin/jco" ]; then
+    (cd "$dir" && npm ci --silent --no-audit --no-fund >&2)
+  fi
+  echo "$dir/node_modules/.bin/jco"
+}
+
+# build_python SRC OUT: SRC/app.py (plus sdk/python) -> OUT
+build_python() {
+  local src=$1 out=$2
+  "$componentize_py" -d "$root/wit" -w agent componentize app -p "$src" -p "$root/sdk/python" -o "$out" >/dev/null
+  echo "built $out ($(stat -c %s "$out") bytes, componentize-py)"
+}
+
+# build_js SRC OUT: SRC/app.js (plus sdk/js/warren_agent.js beside it) -> OUT
+build_js() {
+  local src=$1 out=$2 stage
+  stage=$target_dir/js/$(echo "$src" | tr / _)
+  rm -rf "$stage" && mkdir -p "$stage"
+  cp "$src"/*.js "$root/sdk/js/warren_agent.js" "$stage/"
+  "$jco" componentize "$stage/app.js" --backend qjs --backend-qjs-disable-async \
+    -w "$root/wit" -n agent -o "$out" >/dev/null
+  echo "built $out ($(stat -c %s "$out") bytes, jco/QuickJS)"
+}
+
+componentize_py=$(python_tools)
+jco=$(js_tools)
+mkdir -p tests/fixtures/python tests/fixtures/js
+for a in agent_a agent_b echo; do
+  build_python plugins/python/$a plugins/python/$a.wasm
+  build_js plugins/js/$a plugins/js/$a.wasm
+done
+build_python tests/fixtures/conformance/python tests/fixtures/python/conformance.wasm
+build_js tests/fixtures/conformance/js tests/fixtures/js/conformance.wasm
