@@ -33,6 +33,7 @@
 //! - [`status`] — the queue health table.
 //! - [`metrics`] and [`http`] — Prometheus `/metrics`, `/healthz`, `/readyz`.
 //! - [`testbench`] — `warren test`: one plugin, no broker.
+//! - [`scaffold`] — `warren new`: a new agent project in Rust, Python or JS.
 //! - [`demo`] — `warren demo`: the Agent A → Agent B handoff.
 //! - [`bench`] — `warren bench`: throughput, latency and cost, side by side
 //!   with a raw lapin relay.
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod names;
 pub mod registry;
 pub mod runtime;
+pub mod scaffold;
 pub mod status;
 pub mod testbench;
 pub mod watch;

@@ -92,6 +92,16 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Start a new agent project (WIT and helper SDK included; its README says how to build).
+    New {
+        /// The agent's name (the project folder and the plugin file are named after it).
+        name: String,
+        #[arg(long, value_enum, default_value_t = warren::scaffold::Lang::Rust)]
+        lang: warren::scaffold::Lang,
+        /// Where to create the project folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// The Agent A → Agent B handoff, end to end on the embedded broker.
     Demo {
         #[command(flatten)]
@@ -401,6 +411,15 @@ async fn run(command: Command) -> Result<()> {
             } else {
                 print!("{}", status.table());
             }
+            Ok(())
+        }
+        Command::New { name, lang, dir } => {
+            let path = warren::scaffold::create(&name, lang, &dir)?;
+            println!(
+                "created {}: see its README.md to build {}.wasm",
+                path.display(),
+                path.file_name().unwrap().to_string_lossy()
+            );
             Ok(())
         }
         Command::Test {
