@@ -126,3 +126,14 @@ for a in agent_a agent_b echo; do
 done
 build_python tests/fixtures/conformance/python tests/fixtures/python/conformance.wasm
 build_js tests/fixtures/conformance/js tests/fixtures/js/conformance.wasm
+
+# The JS echo agent once more with jco's other backend, SpiderMonkey, so that
+# `warren bench --only wasm` compares the two (the QuickJS builds above are
+# the ones we use: smaller and faster per call, see docs/agents-js.md).
+sm_stage=$target_dir/js/spidermonkey
+rm -rf "$sm_stage" && mkdir -p "$sm_stage" plugins/js-spidermonkey
+cp plugins/js/echo/app.js "$sm_stage/" && cp -r wit "$sm_stage/"
+(cd "$sm_stage" && "$(dirname "$jco")/componentize-js" app.js --wit wit --world-name agent \
+  -d http fetch-event -o echo.wasm >/dev/null)
+cp "$sm_stage/echo.wasm" plugins/js-spidermonkey/echo.wasm
+echo "built plugins/js-spidermonkey/echo.wasm ($(stat -c %s plugins/js-spidermonkey/echo.wasm) bytes, componentize-js/SpiderMonkey)"

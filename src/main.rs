@@ -133,6 +133,9 @@ enum Command {
         /// Folder with echo.wasm (and <lang>/echo.wasm per guest language).
         #[arg(long, default_value = "plugins")]
         plugins: PathBuf,
+        /// Only these tables (repeatable; default: all).
+        #[arg(long, value_enum)]
+        only: Vec<warren::bench::TableKind>,
         /// Also write the tables (Markdown) to this file.
         #[arg(long)]
         output: Option<PathBuf>,
@@ -452,6 +455,7 @@ async fn run(command: Command) -> Result<()> {
             rounds,
             no_rabbitmq,
             plugins,
+            only,
             output,
         } => {
             let exe = std::env::current_exe().context("locating the warren binary")?;
@@ -462,6 +466,7 @@ async fn run(command: Command) -> Result<()> {
             config.messages = messages.unwrap_or(config.messages);
             config.rounds = rounds.unwrap_or(config.rounds);
             config.skip_rabbitmq = no_rabbitmq;
+            config.only = only;
             let tables = warren::bench::run(&config, |t| println!("{}", t.markdown())).await?;
             if let Some(path) = output {
                 let text: Vec<String> = tables.iter().map(|t| t.markdown()).collect();

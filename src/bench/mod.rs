@@ -45,6 +45,23 @@ pub struct BenchConfig {
     pub warren_exe: PathBuf,
     /// Skip what needs RabbitMQ.
     pub skip_rabbitmq: bool,
+    /// Only these tables (empty: all).
+    pub only: Vec<TableKind>,
+}
+
+/// The tables `warren bench` can print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableKind {
+    /// Wasm cost per message, per guest language.
+    Wasm,
+    /// Embedded-broker hops per second.
+    Hops,
+    /// Start-up time and RSS with 1, 10, 100 agents.
+    Scale,
+    /// RabbitMQ relay throughput against raw lapin.
+    Throughput,
+    /// RabbitMQ latency, steady and while swapping the agent.
+    Latency,
 }
 
 impl BenchConfig {
@@ -64,6 +81,7 @@ impl BenchConfig {
             plugins,
             warren_exe,
             skip_rabbitmq: false,
+            only: Vec::new(),
         }
     }
 
@@ -139,12 +157,23 @@ pub async fn run(config: &BenchConfig, mut print: impl FnMut(&Table)) -> Result<
         print(&t);
         tables.push(t);
     };
-    emit(local::wasm_cost(config).await?, &mut tables);
-    emit(local::embedded_hops(config).await?, &mut tables);
-    emit(local::scale(config).await?, &mut tables);
+    let want = |k: TableKind| config.only.is_empty() || config.only.contains(&k);
+    if want(TableKind::Wasm) {
+        emit(local::wasm_cost(config).await?, &mut tables);
+    }
+    if want(TableKind::Hops) {
+        emit(local::embedded_hops(config).await?, &mut tables);
+    }
+    if want(TableKind::Scale) {
+        emit(local::scale(config).await?, &mut tables);
+    }
     if !config.skip_rabbitmq {
-        emit(relay::throughput(config).await?, &mut tables);
-        emit(relay::latency(config).await?, &mut tables);
+        if want(TableKind::Throughput) {
+            emit(relay::throughput(config).await?, &mut tables);
+        }
+        if want(TableKind::Latency) {
+            emit(relay::latency(config).await?, &mut tables);
+        }
     }
     Ok(tables)
 }
