@@ -112,9 +112,10 @@ impl Load {
                 }
             })
         };
+        // Stopped in this order: the feed, then the drain of the replies.
         Load {
             stop,
-            tasks: vec![drain, feed],
+            tasks: vec![feed, drain],
         }
     }
 

@@ -617,3 +617,80 @@ async fn quorum_queues_and_idempotent_redeclaration() {
     );
     t.host.shutdown().await;
 }
+
+/// Replies to a reply queue that does not exist are returned by RabbitMQ.
+/// Half of 2,000 answers go to such a queue, interleaved with the other
+/// half, so the broker confirms returned and routed publishes together
+/// (`multiple` acks): every returned answer must end in the answering
+/// agent's dead-letter queue, every other one must arrive. None vanish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_a_vanished_reply_queue_are_dead_lettered_not_lost() {
+    let vh = Vhost::new();
+    let t = host(&vh, &["echo"], fast_dispatch()).await;
+    let (_conn, ch) = plain_client(&vh).await;
+    declare_plain_queue(&ch, "alive_replies").await;
+    let mut confirms = Vec::new();
+    for i in 0..2_000 {
+        let reply_to = if i % 2 == 0 {
+            "alive_replies"
+        } else {
+            "vanished_replies"
+        };
+        let id = format!("m-{i}");
+        let props = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_correlation_id(id.as_str().into())
+            .with_reply_to(reply_to.into())
+            .with_delivery_mode(2);
+        confirms.push(
+            ch.basic_publish(
+                "agent_exchange".into(),
+                "agent.echo".into(),
+                BasicPublishOptions::default(),
+                br#"{"messages":[{"role":"user","content":"hello"}]}"#,
+                props,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in futures::future::join_all(confirms).await {
+        assert!(c.unwrap().is_ack());
+    }
+    let arrived = collect_replies(&ch, "alive_replies", 1_000, Duration::from_secs(60)).await;
+    assert_eq!(arrived.len(), 1_000);
+    assert!(
+        arrived
+            .keys()
+            .all(|id| id.trim_start_matches("m-").parse::<u32>().unwrap() % 2 == 0)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let dead = t.broker.stats().await.unwrap()[0].dead_letter_count;
+        if dead == 1_000 {
+            break;
+        }
+        assert!(
+            dead < 1_000,
+            "more dead letters than returned answers: {dead}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {dead} of 1000 returned answers were dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let letters = t.broker.dead_letters("echo").await.unwrap();
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason.contains("vanished_replies") && l.reason.contains("echo")),
+        "{:?}",
+        letters
+            .iter()
+            .map(|l| &l.reason)
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    wait_until_empty(&t, &["echo"]).await;
+}

@@ -299,8 +299,19 @@ impl Inner {
             .await;
             let error = match attempt {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => return Ok(()),
-                Ok(Confirmation::Ack(Some(_returned))) => {
-                    return Err(Unroutable(route.clone()).into());
+                Ok(Confirmation::Ack(Some(returned))) => {
+                    let ours = returned.delivery.routing_key.as_str() == routing_key
+                        && returned.delivery.properties.message_id() == props.message_id();
+                    if ours {
+                        return Err(Unroutable(route.clone()).into());
+                    }
+                    // When RabbitMQ confirms several publishes with one
+                    // `multiple` ack, lapin hands a returned message to
+                    // whichever of them it resolves first: this one was
+                    // routed, the returned one belongs to another publish
+                    // (which saw a plain ack). Keep it here, not nowhere.
+                    self.keep_stray_return(returned).await;
+                    return Ok(());
                 }
                 Ok(Confirmation::Nack(_)) => {
                     // The broker could not take it (e.g. a queue's limit): transient.
@@ -315,6 +326,40 @@ impl Inner {
             self.wait_for_recovery(&self.publish, error, deadline)
                 .await?;
         }
+    }
+
+    /// Dead-letters a returned (unroutable) message that lapin attributed
+    /// to another publish, into the sending agent's dead-letter queue.
+    fn keep_stray_return(
+        &self,
+        returned: lapin::message::BasicReturnMessage,
+    ) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let routing_key = returned.delivery.routing_key.to_string();
+            let (env, _) = envelope(&returned.delivery.properties, returned.delivery.data);
+            let Some(agent) = env.sender.clone() else {
+                tracing::error!(
+                    id = env.id,
+                    routing_key,
+                    "a message sent from outside any agent was unroutable and returned by RabbitMQ; nobody can receive it"
+                );
+                return;
+            };
+            let reason = format!("no queue is bound to `{routing_key}`: sent by `{agent}`");
+            warn!(agent, id = env.id, "{reason}; dead-lettered");
+            let dlq = Route::Queue(names::dead_letter_queue(&agent));
+            let extra = Extra {
+                reason: Some(&reason),
+                ..Default::default()
+            };
+            if let Err(e) = self.publish_envelope(&dlq, &env, extra).await {
+                tracing::error!(
+                    agent,
+                    id = env.id,
+                    "dead-lettering a returned message failed: {e:#}"
+                );
+            }
+        })
     }
 
     async fn wait_for_recovery(
