@@ -40,6 +40,10 @@ enum Request {
         context: Map<String, Value>,
         wait_ms: Option<u64>,
     },
+    Dlq {
+        agent: String,
+        action: crate::dlq::Op,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +51,7 @@ enum Request {
 enum Response {
     Status(Status),
     Sent(SendOutcome),
+    Dlq(crate::dlq::Answer),
     Error(String),
 }
 
@@ -112,6 +117,12 @@ async fn answer(host: Arc<Host>, stream: UnixStream) -> Result<()> {
                 Err(e) => Response::Error(format!("{e:#}")),
             }
         }
+        Ok(Request::Dlq { agent, action }) => {
+            match crate::dlq::run(host.broker().as_ref(), &agent, action).await {
+                Ok(answer) => Response::Dlq(answer),
+                Err(e) => Response::Error(format!("{e:#}")),
+            }
+        }
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
@@ -173,6 +184,18 @@ pub async fn send(
     let timeout = wait.unwrap_or_default() + Duration::from_secs(10);
     match request(path, &req, timeout).await? {
         Response::Sent(s) => Ok(s),
+        Response::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+pub async fn dlq(path: &Path, agent: &str, op: crate::dlq::Op) -> Result<crate::dlq::Answer> {
+    let req = Request::Dlq {
+        agent: agent.into(),
+        action: op,
+    };
+    match request(path, &req, Duration::from_secs(60)).await? {
+        Response::Dlq(a) => Ok(a),
         Response::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer {other:?}"),
     }

@@ -31,6 +31,7 @@
 //! - [`control`] — the local socket through which `warren send` / `status`
 //!   reach a host running the embedded broker.
 //! - [`status`] — the queue health table.
+//! - [`dlq`] — `warren dlq`: list, show, replay, purge dead letters.
 //! - [`metrics`] and [`http`] — Prometheus `/metrics`, `/healthz`, `/readyz`.
 //! - [`testbench`] — `warren test`: one plugin, no broker.
 //! - [`scaffold`] — `warren new`: a new agent project in Rust, Python or JS.
@@ -44,6 +45,7 @@ pub mod client;
 pub mod control;
 pub mod demo;
 pub mod dispatch;
+pub mod dlq;
 pub mod guard;
 pub mod host;
 pub mod http;

@@ -92,6 +92,11 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Dead letters: list, show, replay (after fixing the agent) or purge.
+    Dlq {
+        #[command(subcommand)]
+        op: DlqCommand,
+    },
     /// Start a new agent project (WIT and helper SDK included; its README says how to build).
     New {
         /// The agent's name (the project folder and the plugin file are named after it).
@@ -165,6 +170,56 @@ struct HostArgs {
 
 /// How `send` and `status` reach warren: RabbitMQ when a URL is given,
 /// otherwise the control socket of a host running the embedded broker.
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// One line per dead letter: id, attempts, first failure, reason.
+    List {
+        agent: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters in full: body, reason, attempts, first failure time.
+    Show {
+        agent: String,
+        /// Only this message (default: all).
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back to the agent's queue with the attempt count reset.
+    Replay {
+        agent: String,
+        #[command(flatten)]
+        pick: DlqPick,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Delete dead letters.
+    Purge {
+        agent: String,
+        #[command(flatten)]
+        pick: DlqPick,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct DlqPick {
+    /// Only the message with this id.
+    #[arg(long)]
+    id: Option<String>,
+    /// Every dead letter of the agent.
+    #[arg(long)]
+    all: bool,
+}
+
 #[derive(Args)]
 struct RemoteArgs {
     #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
@@ -413,6 +468,46 @@ async fn run(command: Command) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.table());
+            }
+            Ok(())
+        }
+        Command::Dlq { op } => {
+            use warren::dlq::Op;
+            let (agent, op, remote, json) = match op {
+                DlqCommand::List {
+                    agent,
+                    remote,
+                    json,
+                } => (agent, Op::List, remote, json),
+                DlqCommand::Show {
+                    agent,
+                    id,
+                    remote,
+                    json,
+                } => (agent, Op::Show { id }, remote, json),
+                DlqCommand::Replay {
+                    agent,
+                    pick,
+                    remote,
+                } => (agent, Op::Replay { id: pick.id }, remote, false),
+                DlqCommand::Purge {
+                    agent,
+                    pick,
+                    remote,
+                } => (agent, Op::Purge { id: pick.id }, remote, false),
+            };
+            let answer = match remote.broker.connect().await? {
+                Some(amqp) => {
+                    let answer = warren::dlq::run(&amqp, &agent, op).await;
+                    amqp.close().await;
+                    answer?
+                }
+                None => control::dlq(&remote.control, &agent, op).await?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer.entries)?);
+            } else {
+                print!("{}", answer.text());
             }
             Ok(())
         }

@@ -450,6 +450,43 @@ impl Inner {
         Ok(out)
     }
 
+    /// Takes dead letters (the one with `id`, or all) off the agent's
+    /// dead-letter queue; with `replay`, each is first published back to
+    /// the agent's queue (confirmed) and only then acked off the DLQ. The
+    /// others are left unacked and go back when the channel closes.
+    async fn take_dead_letters(&self, agent: &str, id: Option<&str>, replay: bool) -> Result<u64> {
+        let dlq = names::dead_letter_queue(agent);
+        let channel = self.connection.create_channel().await?;
+        let mut n = 0;
+        let result = async {
+            while let Some(msg) = channel
+                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .with_context(|| format!("reading `{dlq}`"))?
+            {
+                let d = msg.delivery;
+                let (env, _reason) = envelope(&d.properties, d.data);
+                if id.is_some_and(|id| env.id != id) {
+                    continue;
+                }
+                if replay {
+                    let route = Route::Agent(agent.to_string());
+                    self.publish_envelope(&route, &env.for_replay(), Extra::default())
+                        .await?;
+                }
+                d.acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .with_context(|| format!("removing a message from `{dlq}`"))?;
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        let _ = channel.close(200, "dead letters taken".into()).await;
+        result.map(|()| n)
+    }
+
     async fn queue_counts(&self, name: &str) -> Result<Option<(u64, u32)>> {
         let name_s: ShortString = name.into();
         let result = self
@@ -767,6 +804,14 @@ impl Broker for AmqpBroker {
                 self.inner.peek_dead_letters(agent).await
             }
         }
+    }
+
+    async fn replay_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64> {
+        self.inner.take_dead_letters(agent, id, true).await
+    }
+
+    async fn purge_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64> {
+        self.inner.take_dead_letters(agent, id, false).await
     }
 
     async fn close(&self) {

@@ -198,6 +198,35 @@ impl Broker for MemoryBroker {
     async fn dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>> {
         Ok(self.agent_queue(agent)?.lock().dead.clone())
     }
+
+    async fn replay_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64> {
+        let taken = self.take_dead_letters(agent, id)?;
+        let n = taken.len() as u64;
+        for letter in taken {
+            self.publish(
+                &Route::Agent(agent.to_string()),
+                letter.envelope.for_replay(),
+            )
+            .await?;
+        }
+        Ok(n)
+    }
+
+    async fn purge_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64> {
+        Ok(self.take_dead_letters(agent, id)?.len() as u64)
+    }
+}
+
+impl MemoryBroker {
+    fn take_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<Vec<DeadLetter>> {
+        let queue = self.agent_queue(agent)?;
+        let mut st = queue.lock();
+        let (taken, kept) = std::mem::take(&mut st.dead)
+            .into_iter()
+            .partition(|l| id.is_none_or(|id| l.envelope.id == id));
+        st.dead = kept;
+        Ok(taken)
+    }
 }
 
 struct MemoryConsumer {

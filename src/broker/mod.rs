@@ -54,7 +54,47 @@ impl Envelope {
         self.headers
             .insert(HEADER_LAST_ERROR.to_string(), reason.to_string());
     }
+
+    /// Notes when this message first failed (once: later failures keep it).
+    pub fn mark_first_failure(&mut self) {
+        self.headers
+            .entry(HEADER_FIRST_FAILURE.to_string())
+            .or_insert_with(|| now_ms().to_string());
+    }
+
+    /// When this message first failed, in ms since the Unix epoch.
+    pub fn first_failure_ms(&self) -> Option<u64> {
+        self.headers.get(HEADER_FIRST_FAILURE)?.parse().ok()
+    }
+
+    /// Makes a dead letter new again for a replay: first attempt, no
+    /// failure history, one more in its replay count.
+    pub fn for_replay(mut self) -> Self {
+        self.attempt = 1;
+        self.headers.remove(HEADER_LAST_ERROR);
+        self.headers.remove(HEADER_FIRST_FAILURE);
+        let replays = self
+            .headers
+            .get(HEADER_REPLAYS)
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        self.headers
+            .insert(HEADER_REPLAYS.to_string(), (replays + 1).to_string());
+        self
+    }
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Header: when the message first failed (ms since the Unix epoch).
+pub const HEADER_FIRST_FAILURE: &str = "x-warren-first-failure";
+/// Header: how many times the message was replayed from a dead-letter queue.
+pub const HEADER_REPLAYS: &str = "x-warren-replays";
 
 /// Header naming why the previous attempt failed.
 pub const HEADER_LAST_ERROR: &str = "x-warren-last-error";
@@ -147,13 +187,15 @@ impl Delivery {
 
     /// Deliver again after `delay` with `attempt + 1`, recording `reason`.
     pub async fn retry(mut self, delay: Duration, reason: &str) -> Result<()> {
-        let (env, acker) = self.take();
+        let (mut env, acker) = self.take();
+        env.mark_first_failure();
         acker.retry(env, delay, reason).await
     }
 
     /// Give up: move the message to the agent's dead-letter queue.
     pub async fn dead_letter(mut self, reason: &str) -> Result<()> {
-        let (env, acker) = self.take();
+        let (mut env, acker) = self.take();
+        env.mark_first_failure();
         acker.dead_letter(env, reason).await
     }
 }
@@ -233,6 +275,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The messages in an agent's dead-letter queue (oldest first), left in place.
     async fn dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>>;
+
+    /// Moves dead letters (the one with `id`, or all) back to the agent's
+    /// queue as first attempts. Each is published (confirmed) before it
+    /// leaves the dead-letter queue: interrupted, a replay duplicates at
+    /// worst, never loses. Returns how many were replayed.
+    async fn replay_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64>;
+
+    /// Deletes dead letters (the one with `id`, or all); returns how many.
+    async fn purge_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64>;
 
     /// Closes the connection cleanly, once in-flight work is settled.
     async fn close(&self) {}
