@@ -50,14 +50,31 @@ pub async fn run(plugins: &Path, config: HostConfig, out: &mut impl Write) -> Re
         serde_json::Value::Object(context.clone())
     )?;
 
-    let outcome = client::send(
+    // The answer, or the first dead letter (the demo's one conversation
+    // ended there: no answer will come).
+    let mut watch = host.events();
+    let dead_letter = async {
+        loop {
+            match watch.recv().await {
+                Ok(Event::DeadLettered { agent, id, reason }) => {
+                    return anyhow::anyhow!("agent `{agent}` dead-lettered message {id}: {reason}");
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let send = client::send(
         host.broker().as_ref(),
         "agent_a",
         PROMPT,
         context,
         Some(Duration::from_secs(30)),
-    )
-    .await;
+    );
+    let outcome = tokio::select! {
+        outcome = send => outcome,
+        e = dead_letter => Err(e),
+    };
 
     // Print the hops in the order they happened.
     loop {

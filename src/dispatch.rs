@@ -132,6 +132,8 @@ pub struct Dispatcher {
     config: DispatchConfig,
     events: broadcast::Sender<Event>,
     metrics: Arc<Metrics>,
+    /// Per agent, the latest reason a message was retried or dead-lettered.
+    last_errors: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Dispatcher {
@@ -147,6 +149,7 @@ impl Dispatcher {
             config,
             events: broadcast::channel(1024).0,
             metrics,
+            last_errors: Default::default(),
         }
     }
 
@@ -156,6 +159,18 @@ impl Dispatcher {
 
     pub fn config(&self) -> &DispatchConfig {
         &self.config
+    }
+
+    /// The latest reason a message of `agent` was retried or dead-lettered.
+    pub fn last_error(&self, agent: &str) -> Option<String> {
+        self.last_errors.lock().unwrap().get(agent).cloned()
+    }
+
+    fn note_error(&self, agent: &str, reason: &str) {
+        self.last_errors
+            .lock()
+            .unwrap()
+            .insert(agent.to_string(), reason.to_string());
     }
 
     /// Whether anyone listens: events are built only then (hot path).
@@ -211,6 +226,7 @@ impl Dispatcher {
 
     async fn handle_inner(&self, agent: &str, m: &AgentMetrics, delivery: Delivery) {
         let id = delivery.envelope.id.clone();
+        let conversation = delivery.envelope.conversation_id.clone();
         let attempt = delivery.envelope.attempt;
         let verdict = self.decide(agent, m, &delivery.envelope).await;
         let settled = match verdict {
@@ -257,7 +273,7 @@ impl Dispatcher {
         if let Err(e) = settled {
             warn!(
                 agent,
-                id, "settling the message failed (it will be redelivered): {e:#}"
+                id, conversation, "settling the message failed (it will be redelivered): {e:#}"
             );
         }
     }
@@ -362,7 +378,12 @@ impl Dispatcher {
                     // Nobody would ever receive it: keep it, with the reason, in
                     // the sending agent's dead-letter queue instead of losing it.
                     let reason = format!("{e}: sent by `{agent}`");
-                    warn!(agent, id = p.envelope.id, "{reason}; dead-lettered");
+                    warn!(
+                        agent,
+                        id = p.envelope.id,
+                        conversation = p.envelope.conversation_id,
+                        "{reason}; dead-lettered"
+                    );
                     self.broker
                         .dead_letter(agent, p.envelope.clone(), &reason)
                         .await?;
@@ -396,12 +417,14 @@ impl Dispatcher {
         info!(
             agent,
             id,
+            conversation = delivery.envelope.conversation_id,
             attempt,
             delay_ms = delay.as_millis() as u64,
             "retrying: {reason}"
         );
         delivery.retry(delay, &reason).await?;
         m.retried.inc();
+        self.note_error(agent, &reason);
         self.emit(Event::Retrying {
             agent: agent.into(),
             id,
@@ -420,9 +443,15 @@ impl Dispatcher {
         reason: String,
     ) -> Result<()> {
         let id = delivery.envelope.id.clone();
-        warn!(agent, id, "dead-lettered: {reason}");
+        warn!(
+            agent,
+            id,
+            conversation = delivery.envelope.conversation_id,
+            "dead-lettered: {reason}"
+        );
         delivery.dead_letter(&reason).await?;
         m.dead_lettered.inc();
+        self.note_error(agent, &reason);
         self.emit(Event::DeadLettered {
             agent: agent.into(),
             id,

@@ -31,6 +31,8 @@ pub struct HostConfig {
     pub dispatch: DispatchConfig,
     /// When a freshly swapped-in version is rolled back.
     pub guard: GuardConfig,
+    /// Per-agent limit overrides (the config file's `[agents.NAME]` sections).
+    pub agents: std::collections::BTreeMap<String, crate::runtime::manifest::LimitOverrides>,
 }
 
 /// Plugin lifecycle counts, host-wide.
@@ -61,6 +63,7 @@ pub struct Host {
     guard: GuardConfig,
     counters: Arc<PluginCounters>,
     metrics: Arc<Metrics>,
+    overrides: std::collections::BTreeMap<String, crate::runtime::manifest::LimitOverrides>,
 }
 
 /// Whether the host can do its job, and if not, why (`/readyz`).
@@ -103,6 +106,7 @@ impl Host {
             guard: config.guard,
             counters: Arc::default(),
             metrics,
+            overrides: config.agents,
         }))
     }
 
@@ -188,7 +192,9 @@ impl Host {
         let result = async {
             // Compiling and the smoke instantiation happen here, off the hot
             // path: running consumers keep using the current version.
-            let pool = registry::load_plugin(&self.runtime, path, &self.limits).await?;
+            let overrides = self.overrides.get(&agent);
+            let pool =
+                registry::load_plugin_with(&self.runtime, path, &self.limits, overrides).await?;
             self.broker.declare_agent(pool.name()).await?;
             Ok::<_, anyhow::Error>(pool)
         }
@@ -331,7 +337,11 @@ impl Host {
             .map(|q| {
                 let pool = self.registry.get(&q.agent);
                 let error = errors.iter().find(|e| e.agent == q.agent).cloned();
-                AgentStatus::new(q, pool.as_deref(), error)
+                let last_error = self.dispatcher.last_error(&q.agent);
+                AgentStatus {
+                    last_error,
+                    ..AgentStatus::new(q, pool.as_deref(), error)
+                }
             })
             .collect();
         // Plugins that never loaded have no queue yet; show them anyway.

@@ -28,6 +28,7 @@
 //! - [`names`] and [`wire`] — names and the JSON body on the wire, compatible
 //!   with the seed system (SwarmRabbitMQ).
 //! - [`client`] — start a conversation and wait for its reply.
+//! - [`config`] — the config file: options and per-agent sections, merged under flags and env.
 //! - [`control`] — the local socket through which `warren send` / `status`
 //!   reach a host running the embedded broker.
 //! - [`status`] — the queue health table.
@@ -42,6 +43,7 @@
 pub mod bench;
 pub mod broker;
 pub mod client;
+pub mod config;
 pub mod control;
 pub mod demo;
 pub mod dispatch;

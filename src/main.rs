@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -25,6 +25,13 @@ struct Cli {
     /// Log filter (tracing syntax, e.g. `info`, `warren=debug`). Default: $RUST_LOG or `info`.
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Log lines for people (`human`) or one JSON object per line (`json`).
+    #[arg(long, global = true, value_enum, env = "WARREN_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Config file (TOML): any option as `name = value`, plus [agents.NAME]
+    /// limit sections. Flags and environment variables win over it.
+    #[arg(long, global = true, env = "WARREN_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +88,10 @@ enum Command {
         /// ...and these agents (repeatable).
         #[arg(long = "agent")]
         agents: Vec<String>,
+        /// Refresh every N seconds (a live view: calls/s, queue depth,
+        /// consumers, version, last error) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
     },
     /// Test one plugin with no broker: JSON-line bodies in, outgoing messages out.
     Test {
@@ -96,6 +107,20 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         op: DlqCommand,
+    },
+    /// Print the effective configuration of `warren run` (flags, environment,
+    /// config file and defaults merged; passwords redacted).
+    Config {
+        #[command(flatten)]
+        host: HostArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
+        control: PathBuf,
+        #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:9464")]
+        http: std::net::SocketAddr,
+        #[arg(long)]
+        no_http: bool,
     },
     /// Start a new agent project (WIT and helper SDK included; its README says how to build).
     New {
@@ -375,24 +400,41 @@ impl HostArgs {
                 first_calls: self.rollback_after,
                 max_failure_share: self.rollback_share,
             },
+            agents: AGENT_OVERRIDES.get().cloned().unwrap_or_default(),
         }
     }
 }
 
-fn init_logging(filter: Option<&str>, default: &str) {
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn init_logging(filter: Option<&str>, default: &str, format: LogFormat) {
     let filter = filter
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_string());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.init(),
+        // Fields (agent, id, conversation, ...) at the top level, for log tools.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let (cli, matches) = match parse_with_config() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     // Only the long-running host logs at info by default; commands print results.
     let quiet = !matches!(cli.command, Command::Run { .. });
     init_logging(
@@ -402,7 +444,16 @@ async fn main() -> std::process::ExitCode {
         } else {
             "info"
         },
+        cli.log_format,
     );
+    if let Command::Config { .. } = &cli.command {
+        let (_, m) = matches.subcommand().expect("the config command");
+        let cmd = Cli::command();
+        let sub = cmd.find_subcommand("config").expect("the config command");
+        let agents = AGENT_OVERRIDES.get().cloned().unwrap_or_default();
+        print!("{}", warren::config::render(sub, m, &agents));
+        return std::process::ExitCode::SUCCESS;
+    }
     match run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -410,6 +461,31 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Per-agent limits from the config file's `[agents.NAME]` sections.
+static AGENT_OVERRIDES: std::sync::OnceLock<
+    std::collections::BTreeMap<String, warren::runtime::manifest::LimitOverrides>,
+> = std::sync::OnceLock::new();
+
+/// Parses the command line; with a config file, parses it again with the
+/// file's values added where flags and environment left defaults.
+fn parse_with_config() -> Result<(Cli, clap::ArgMatches)> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let root = Cli::command();
+    let matches = root.clone().get_matches_from(argv.clone());
+    let matches = match matches.get_one::<PathBuf>("config") {
+        None => matches,
+        Some(path) => {
+            let file = warren::config::read(path)?;
+            let argv = warren::config::merge_into_args(&file, &root, &matches, argv)?;
+            let _ = AGENT_OVERRIDES.set(file.agents);
+            root.get_matches_from(argv)
+        }
+    };
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((cli, matches))
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -455,15 +531,46 @@ async fn run(command: Command) -> Result<()> {
             remote: RemoteArgs { control, broker },
             plugins,
             agents,
+            watch,
         } => {
-            let status = match broker.connect().await? {
-                Some(amqp) => {
-                    let status = amqp_status(&amqp, &plugins, &agents).await;
-                    amqp.close().await;
-                    status?
+            let amqp = broker.connect().await?;
+            let fetch = || async {
+                match &amqp {
+                    Some(amqp) => amqp_status(amqp, &plugins, &agents).await,
+                    None => control::status(&control).await,
                 }
-                None => control::status(&control).await?,
             };
+            if let Some(secs) = watch {
+                let every = Duration::from_secs_f64(secs.max(0.2));
+                let mut previous: Option<(warren::status::Status, std::time::Instant)> = None;
+                loop {
+                    let status = fetch().await?;
+                    let now = std::time::Instant::now();
+                    let elapsed = previous
+                        .as_ref()
+                        .map(|(_, at)| now.duration_since(*at).as_secs_f64())
+                        .unwrap_or(0.0);
+                    // Clear the screen, then the table.
+                    print!(
+                        "\x1b[2J\x1b[H{}",
+                        status.watch_table(previous.as_ref().map(|(s, _)| s), elapsed)
+                    );
+                    previous = Some((status, now));
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+                if let Some(amqp) = &amqp {
+                    amqp.close().await;
+                }
+                return Ok(());
+            }
+            let status = fetch().await;
+            if let Some(amqp) = &amqp {
+                amqp.close().await;
+            }
+            let status = status?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -540,6 +647,7 @@ async fn run(command: Command) -> Result<()> {
             )
             .await
         }
+        Command::Config { .. } => unreachable!("handled in main"),
         Command::Demo { host } => {
             warren::demo::run(&host.plugins, host.config(), &mut std::io::stdout()).await
         }

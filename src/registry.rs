@@ -107,7 +107,23 @@ pub async fn load_plugin(
     path: &Path,
     defaults: &AgentLimits,
 ) -> Result<Arc<AgentPool>> {
-    let limits = defaults.clone().with_manifest_for(path)?;
+    load_plugin_with(runtime, path, defaults, None).await
+}
+
+/// [`load_plugin`], then the host config's overrides for this agent (they
+/// win over the manifest beside the file: the operator has the last word).
+pub async fn load_plugin_with(
+    runtime: &Arc<Runtime>,
+    path: &Path,
+    defaults: &AgentLimits,
+    overrides: Option<&crate::runtime::manifest::LimitOverrides>,
+) -> Result<Arc<AgentPool>> {
+    let mut limits = defaults.clone().with_manifest_for(path)?;
+    if let Some(o) = overrides {
+        limits = limits
+            .with(o)
+            .context("the [agents] section of the host's config file")?;
+    }
     let module = {
         let runtime = runtime.clone();
         let path = path.to_path_buf();

@@ -63,6 +63,9 @@ pub struct AgentStatus {
     pub log_lines_dropped: u64,
     /// Why the plugin file could not be (re)loaded, if it could not.
     pub error: Option<String>,
+    /// The latest reason a message of this agent was retried or dead-lettered.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 impl AgentStatus {
@@ -109,6 +112,7 @@ impl AgentStatus {
                 .map(|s| s.log_lines_dropped.load(Ordering::Relaxed))
                 .unwrap_or(0),
             error: error.map(|e| e.reason),
+            last_error: None,
             queue,
         }
     }
@@ -127,6 +131,7 @@ impl AgentStatus {
             peak_memory_bytes: 0,
             log_lines_dropped: 0,
             error: None,
+            last_error: None,
         }
     }
 
@@ -151,6 +156,60 @@ impl AgentStatus {
 }
 
 impl Status {
+    /// The `--watch` view: per agent, calls per second since `previous`
+    /// (taken `secs` earlier), queue depth, consumers, version, last error.
+    pub fn watch_table(&self, previous: Option<&Status>, secs: f64) -> String {
+        let header = [
+            "agent",
+            "calls/s",
+            "ready",
+            "consumers",
+            "dead",
+            "version",
+            "status",
+            "last error",
+        ];
+        let rows: Vec<Vec<String>> = self
+            .agents
+            .iter()
+            .map(|a| {
+                let before = previous
+                    .and_then(|p| p.agents.iter().find(|b| b.queue.agent == a.queue.agent))
+                    .map(|b| b.calls);
+                let rate = match before {
+                    Some(b) if secs > 0.0 => {
+                        format!("{:.1}", a.calls.saturating_sub(b) as f64 / secs)
+                    }
+                    _ => "-".into(),
+                };
+                let mut last = a
+                    .error
+                    .clone()
+                    .or_else(|| a.last_error.clone())
+                    .unwrap_or_default();
+                if last.len() > 60 {
+                    let mut end = 60;
+                    while !last.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    last.truncate(end);
+                    last.push('…');
+                }
+                vec![
+                    a.queue.agent.clone(),
+                    rate,
+                    a.queue.message_count.to_string(),
+                    a.queue.consumer_count.to_string(),
+                    a.queue.dead_letter_count.to_string(),
+                    a.version.clone().unwrap_or_else(|| "-".into()),
+                    a.queue.status.clone(),
+                    last,
+                ]
+            })
+            .collect();
+        format!("broker: {}\n{}", self.broker, grid(&header, &rows))
+    }
+
     /// The human view: one row per agent, then any plugin errors in full.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -169,11 +228,11 @@ impl Status {
             "peak_mem",
             "status",
         ];
-        let rows: Vec<[String; 12]> = self
+        let rows: Vec<Vec<String>> = self
             .agents
             .iter()
             .map(|a| {
-                [
+                vec![
                     a.queue.queue.clone(),
                     a.queue.routing_key.clone(),
                     a.queue.message_count.to_string(),
@@ -193,27 +252,7 @@ impl Status {
                 ]
             })
             .collect();
-        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-        for r in &rows {
-            for (w, c) in widths.iter_mut().zip(r) {
-                *w = (*w).max(c.len());
-            }
-        }
-        let line = |cells: &[&str]| {
-            let mut l = String::new();
-            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-                if i > 0 {
-                    l.push_str("  ");
-                }
-                let _ = write!(l, "{c:<w$}");
-            }
-            l.trim_end().to_string()
-        };
-        let _ = writeln!(out, "{}", line(&header));
-        for r in &rows {
-            let cells: Vec<&str> = r.iter().map(String::as_str).collect();
-            let _ = writeln!(out, "{}", line(&cells));
-        }
+        out.push_str(&grid(&header, &rows));
         if self.agents.is_empty() {
             let _ = writeln!(out, "(no agents)");
         }
@@ -227,4 +266,30 @@ impl Status {
         }
         out
     }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn grid(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            let _ = write!(l, "{c:<w$}");
+        }
+        l.trim_end().to_string()
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", line(&mut header.iter().copied()));
+    for r in rows {
+        let _ = writeln!(out, "{}", line(&mut r.iter().map(String::as_str)));
+    }
+    out
 }

@@ -168,3 +168,32 @@ fn run_send_status_across_processes() {
     assert!(log.contains("embedded in-process broker"), "{log}");
     assert!(!sock.exists());
 }
+
+/// `--log-format json`: one JSON object per line; a line about a message
+/// carries the agent, the message id and the conversation id.
+#[test]
+fn json_logs_name_agent_message_and_conversation() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--log-format", "json", "demo", "--plugins"])
+        .arg(common::root().join("plugins"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let handoff = lines
+        .iter()
+        .find(|l| l["message"].as_str().unwrap_or("").starts_with("handing conversation"))
+        .unwrap_or_else(|| panic!("no handoff line in {stderr}"));
+    assert_eq!(handoff["agent"], "agent_a");
+    assert_eq!(handoff["level"], "INFO");
+    let conversation = handoff["conversation"].as_str().unwrap();
+    assert!(conversation.starts_with("m-"));
+    assert_eq!(handoff["id"], conversation, "the first message starts the conversation");
+    let answer = lines.iter().find(|l| l["agent"] == "agent_b").unwrap();
+    assert_eq!(answer["conversation"], conversation);
+    assert_ne!(answer["id"], conversation);
+}

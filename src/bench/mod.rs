@@ -99,6 +99,7 @@ impl BenchConfig {
                 ..Default::default()
             },
             guard: Default::default(),
+            agents: Default::default(),
         }
     }
 

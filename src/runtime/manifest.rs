@@ -58,7 +58,7 @@ impl AgentLimits {
     }
 
     /// Applies the manifest beside `plugin`, if there is one.
-    pub fn with_manifest_for(mut self, plugin: &Path) -> Result<Self> {
+    pub fn with_manifest_for(self, plugin: &Path) -> Result<Self> {
         let path = manifest_path(plugin);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -67,7 +67,12 @@ impl AgentLimits {
         };
         let manifest: Manifest =
             toml::from_str(&text).with_context(|| format!("manifest {}", path.display()))?;
-        let l = manifest.limits;
+        self.with(&manifest.limits)
+            .with_context(|| format!("manifest {}", path.display()))
+    }
+
+    /// Applies per-agent overrides (from a manifest or the host's config file).
+    pub fn with(mut self, l: &LimitOverrides) -> Result<Self> {
         let mb = |v: usize| v << 20;
         if let Some(v) = l.max_memory_mb {
             self.max_memory = mb(v);
@@ -84,8 +89,7 @@ impl AgentLimits {
         if let Some(v) = l.fuel {
             if self.fuel.is_none() {
                 anyhow::bail!(
-                    "manifest {}: `fuel` needs fuel metering, which this host has off (start it with --fuel)",
-                    path.display()
+                    "`fuel` needs fuel metering, which this host has off (start it with --fuel)"
                 );
             }
             self.fuel = Some(v);
@@ -115,21 +119,22 @@ pub fn manifest_path(plugin: &Path) -> PathBuf {
 #[serde(deny_unknown_fields)]
 struct Manifest {
     #[serde(default)]
-    limits: LimitsSection,
+    limits: LimitOverrides,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The limits one agent may override (unset keys keep the host's value).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LimitsSection {
-    max_memory_mb: Option<usize>,
-    max_table_elements: Option<usize>,
-    deadline_ms: Option<u64>,
-    throttle_after_ms: Option<u64>,
-    fuel: Option<u64>,
-    max_instances: Option<usize>,
-    instance_mode: Option<InstanceMode>,
-    max_outgoing: Option<usize>,
-    max_message_kb: Option<usize>,
+pub struct LimitOverrides {
+    pub max_memory_mb: Option<usize>,
+    pub max_table_elements: Option<usize>,
+    pub deadline_ms: Option<u64>,
+    pub throttle_after_ms: Option<u64>,
+    pub fuel: Option<u64>,
+    pub max_instances: Option<usize>,
+    pub instance_mode: Option<InstanceMode>,
+    pub max_outgoing: Option<usize>,
+    pub max_message_kb: Option<usize>,
 }
 
 #[cfg(test)]

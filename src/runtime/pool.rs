@@ -285,6 +285,7 @@ impl AgentPool {
         };
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         inst.store.data().take_last_stderr();
+        inst.store.data().set_call(&msg.id, &msg.conversation_id);
         self.arm(&mut inst.store)
             .map_err(|e| classify(e, &inst.store, GuestErrorKind::Trap))?;
         let started = Instant::now();

@@ -92,6 +92,7 @@ pub struct AgentState {
     /// The guest's last few stderr lines: a panic message lands there just
     /// before the trap, and it is the most useful part of a trap's reason.
     last_stderr: Arc<Mutex<Vec<String>>>,
+    call: CallTag,
 }
 
 impl AgentState {
@@ -103,18 +104,21 @@ impl AgentState {
     ) -> Self {
         let last_stderr = Arc::new(Mutex::new(Vec::new()));
         let log_budget = LogBudget::new(dropped_log_lines);
+        let call = CallTag::default();
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestOutput::new(
                 agent.clone(),
                 "stdout",
                 None,
                 log_budget.clone(),
+                call.clone(),
             ))
             .stderr(GuestOutput::new(
                 agent.clone(),
                 "stderr",
                 Some(last_stderr.clone()),
                 log_budget.clone(),
+                call.clone(),
             ))
             .allow_tcp(false)
             .allow_udp(false)
@@ -129,7 +133,17 @@ impl AgentState {
             throttle_from: None,
             log_budget,
             last_stderr,
+            call,
         }
+    }
+
+    /// Tags the guest's log lines with the message it is handling now.
+    pub(crate) fn set_call(&self, id: &str, conversation: &str) {
+        let mut call = self.call.lock().unwrap_or_else(|p| p.into_inner());
+        call.0.clear();
+        call.0.push_str(id);
+        call.1.clear();
+        call.1.push_str(conversation);
     }
 
     /// Takes the last lines the guest wrote to stderr, if any, joined by ` / `.
@@ -156,12 +170,24 @@ impl agent::host::Host for AgentState {
     fn log(&mut self, level: Level, text: String) {
         let agent = &*self.agent;
         let text = truncate(&text);
+        let call = self.call.lock().unwrap_or_else(|p| p.into_inner());
+        let (id, conversation) = (&call.0, &call.1);
         budgeted(&self.log_budget, agent, || match level {
-            Level::Trace => tracing::trace!(target: "warren::guest", agent, "{text}"),
-            Level::Debug => tracing::debug!(target: "warren::guest", agent, "{text}"),
-            Level::Info => tracing::info!(target: "warren::guest", agent, "{text}"),
-            Level::Warn => tracing::warn!(target: "warren::guest", agent, "{text}"),
-            Level::Error => tracing::error!(target: "warren::guest", agent, "{text}"),
+            Level::Trace => {
+                tracing::trace!(target: "warren::guest", agent, id, conversation, "{text}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "warren::guest", agent, id, conversation, "{text}")
+            }
+            Level::Info => {
+                tracing::info!(target: "warren::guest", agent, id, conversation, "{text}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "warren::guest", agent, id, conversation, "{text}")
+            }
+            Level::Error => {
+                tracing::error!(target: "warren::guest", agent, id, conversation, "{text}")
+            }
         });
     }
 }
@@ -177,6 +203,10 @@ fn truncate(text: &str) -> &str {
     &text[..end]
 }
 
+/// The message an instance is handling (id, conversation id), so that every
+/// line the guest logs says which message it was about.
+pub(crate) type CallTag = Arc<Mutex<(String, String)>>;
+
 /// A guest's stdout or stderr, written to the host log one line at a time.
 #[derive(Clone)]
 struct GuestOutput {
@@ -184,6 +214,7 @@ struct GuestOutput {
     stream: &'static str,
     last: Option<Arc<Mutex<Vec<String>>>>,
     budget: Arc<Mutex<LogBudget>>,
+    call: CallTag,
 }
 
 impl GuestOutput {
@@ -192,12 +223,14 @@ impl GuestOutput {
         stream: &'static str,
         last: Option<Arc<Mutex<Vec<String>>>>,
         budget: Arc<Mutex<LogBudget>>,
+        call: CallTag,
     ) -> Self {
         GuestOutput {
             agent,
             stream,
             last,
             budget,
+            call,
         }
     }
 }
@@ -228,11 +261,11 @@ impl LineLogger {
         let text = text.trim_end_matches(['\n', '\r']);
         let text = truncate(text);
         let (agent, stream) = (&*self.out.agent, self.out.stream);
-        budgeted(
-            &self.out.budget,
-            agent,
-            || tracing::info!(target: "warren::guest", agent, stream, "{text}"),
-        );
+        budgeted(&self.out.budget, agent, || {
+            let call = self.out.call.lock().unwrap_or_else(|p| p.into_inner());
+            let (id, conversation) = (&call.0, &call.1);
+            tracing::info!(target: "warren::guest", agent, id, conversation, stream, "{text}")
+        });
         if let Some(last) = &self.out.last
             && !text.starts_with("note: run with `RUST_BACKTRACE")
         {

@@ -104,6 +104,7 @@ pub async fn start_on(
         runtime,
         dispatch,
         guard: Default::default(),
+        agents: Default::default(),
     };
     let host = Host::new(config, broker.clone()).unwrap();
     let events = host.events();
