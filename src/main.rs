@@ -41,18 +41,7 @@ enum Command {
     /// Host every `*.wasm` agent in a plugins folder.
     Run {
         #[command(flatten)]
-        host: HostArgs,
-        #[command(flatten)]
-        broker: BrokerArgs,
-        /// Control socket through which `warren send` / `warren status` reach this host.
-        #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
-        control: PathBuf,
-        /// Address of the HTTP endpoint: /metrics (Prometheus), /healthz, /readyz.
-        #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:9464")]
-        http: std::net::SocketAddr,
-        /// No HTTP endpoint.
-        #[arg(long)]
-        no_http: bool,
+        run: RunArgs,
     },
     /// Send a user message to an agent (the seed's `client.run`).
     Send {
@@ -112,15 +101,7 @@ enum Command {
     /// config file and defaults merged; passwords redacted).
     Config {
         #[command(flatten)]
-        host: HostArgs,
-        #[command(flatten)]
-        broker: BrokerArgs,
-        #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
-        control: PathBuf,
-        #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:9464")]
-        http: std::net::SocketAddr,
-        #[arg(long)]
-        no_http: bool,
+        run: RunArgs,
     },
     /// Start a new agent project (WIT and helper SDK included; its README says how to build).
     New {
@@ -195,6 +176,24 @@ struct HostArgs {
 
 /// How `send` and `status` reach warren: RabbitMQ when a URL is given,
 /// otherwise the control socket of a host running the embedded broker.
+/// Everything `warren run` takes (and `warren config` shows).
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Control socket through which `warren send` / `warren status` reach this host.
+    #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
+    control: PathBuf,
+    /// Address of the HTTP endpoint: /metrics (Prometheus), /healthz, /readyz.
+    #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:9464")]
+    http: std::net::SocketAddr,
+    /// No HTTP endpoint.
+    #[arg(long)]
+    no_http: bool,
+}
+
 #[derive(Subcommand)]
 enum DlqCommand {
     /// One line per dead letter: id, attempts, first failure, reason.
@@ -491,11 +490,14 @@ fn parse_with_config() -> Result<(Cli, clap::ArgMatches)> {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Run {
-            host,
-            broker,
-            control,
-            http,
-            no_http,
+            run:
+                RunArgs {
+                    host,
+                    broker,
+                    control,
+                    http,
+                    no_http,
+                },
         } => run_host(host, broker, control, (!no_http).then_some(http)).await,
         Command::Send {
             agent,

@@ -186,13 +186,21 @@ fn json_logs_name_agent_message_and_conversation() {
         .collect();
     let handoff = lines
         .iter()
-        .find(|l| l["message"].as_str().unwrap_or("").starts_with("handing conversation"))
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("handing conversation")
+        })
         .unwrap_or_else(|| panic!("no handoff line in {stderr}"));
     assert_eq!(handoff["agent"], "agent_a");
     assert_eq!(handoff["level"], "INFO");
     let conversation = handoff["conversation"].as_str().unwrap();
     assert!(conversation.starts_with("m-"));
-    assert_eq!(handoff["id"], conversation, "the first message starts the conversation");
+    assert_eq!(
+        handoff["id"], conversation,
+        "the first message starts the conversation"
+    );
     let answer = lines.iter().find(|l| l["agent"] == "agent_b").unwrap();
     assert_eq!(answer["conversation"], conversation);
     assert_ne!(answer["id"], conversation);

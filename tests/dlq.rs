@@ -6,13 +6,11 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::rabbit::Vhost;
 use common::*;
 use tokio_util::sync::CancellationToken;
-use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::dispatch::{Event, user_envelope};
 use warren::runtime::InstanceMode;
 
@@ -176,11 +174,7 @@ async fn replay_after_fixing_the_agent_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_after_fixing_the_agent_rabbitmq() {
     let vh = Vhost::new();
-    let broker = Arc::new(
-        AmqpBroker::connect(AmqpConfig::new(vh.url()))
-            .await
-            .unwrap(),
-    );
+    let broker = vh.broker().await;
     let t = start_on(
         broker,
         broken_worker(),

@@ -17,7 +17,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren::broker::Route;
-use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::dispatch::{Event, user_envelope};
 use warren::runtime::InstanceMode;
 use warren::status::AgentStatus;
@@ -102,11 +101,7 @@ async fn embedded(guests: &[&str]) -> TestHost {
 }
 
 async fn rabbit(vh: &Vhost, guests: &[&str]) -> TestHost {
-    let broker = Arc::new(
-        AmqpBroker::connect(AmqpConfig::new(vh.url()))
-            .await
-            .unwrap(),
-    );
+    let broker = vh.broker().await;
     start_on(
         broker,
         plugins_dir(guests),

@@ -15,7 +15,6 @@ use common::*;
 use futures::StreamExt as _;
 use warren::MemoryBroker;
 use warren::broker::Route;
-use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::dispatch::user_envelope;
 use warren::runtime::{InstanceMode, RuntimeConfig};
 
@@ -258,11 +257,7 @@ async fn healthy_agent_keeps_its_throughput_embedded() {
 async fn healthy_agent_keeps_its_throughput_rabbitmq() {
     let _serial = SERIAL.lock().await;
     let vh = Vhost::new();
-    let broker = Arc::new(
-        AmqpBroker::connect(AmqpConfig::new(vh.url()))
-            .await
-            .unwrap(),
-    );
+    let broker = vh.broker().await;
     let t = start_on(broker, plugins(), runtime(), fast_dispatch()).await;
     healthy_agent_keeps_its_throughput(t).await;
 }

@@ -5,13 +5,11 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::rabbit::Vhost;
 use common::*;
 use tokio_util::sync::CancellationToken;
-use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::dispatch::{Event, user_envelope};
 use warren::host::Readiness;
 use warren::runtime::InstanceMode;
@@ -177,11 +175,7 @@ impl Drop for RestartOnDrop {
 async fn readyz_follows_the_broker_through_an_outage() {
     let _serial = SERIAL.lock().await;
     let vh = Vhost::new();
-    let broker = Arc::new(
-        AmqpBroker::connect(AmqpConfig::new(vh.url()))
-            .await
-            .unwrap(),
-    );
+    let broker = vh.broker().await;
     let t = start_on(
         broker,
         plugins_dir(&["echo"]),

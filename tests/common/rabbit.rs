@@ -46,6 +46,16 @@ impl Vhost {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@{ADDR}/{}", self.name)
     }
+
+    /// warren's AMQP broker, connected to this vhost.
+    pub async fn broker(&self) -> std::sync::Arc<warren::broker::amqp::AmqpBroker> {
+        let config = warren::broker::amqp::AmqpConfig::new(self.url());
+        std::sync::Arc::new(
+            warren::broker::amqp::AmqpBroker::connect(config)
+                .await
+                .unwrap(),
+        )
+    }
 }
 
 impl Drop for Vhost {
