@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -17,20 +16,10 @@ fn warren() -> Command {
 
 #[test]
 fn warren_test_prints_agent_a_handoff_for_the_seed_sample() {
-    let mut child = warren()
-        .args(["test", "plugins/agent_a.wasm"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"messages":[{"role":"user","content":"I want to talk to agent B."}],"context_variables":{"user":"alice"}}"#)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = warren_test_stdin(
+        &root().join("plugins/agent_a.wasm"),
+        br#"{"messages":[{"role":"user","content":"I want to talk to agent B."}],"context_variables":{"user":"alice"}}"#,
+    );
     assert!(
         out.status.success(),
         "{}",

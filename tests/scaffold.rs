@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::root;
 
@@ -40,21 +39,7 @@ fn new_project(lang: &str, parent: &Path) -> PathBuf {
 
 /// Feeds `input` to `warren test` and returns what it printed.
 fn warren_test(plugin: &Path, input: &str) -> String {
-    let mut child = warren()
-        .arg("test")
-        .arg(plugin)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::warren_test_stdin(plugin, input.as_bytes());
     assert!(
         out.status.success(),
         "warren test failed: {}",

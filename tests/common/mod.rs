@@ -160,3 +160,21 @@ pub fn terminate(child: std::process::Child) -> std::process::Output {
     );
     out
 }
+
+/// Runs `warren test PLUGIN` with `input` on its standard input.
+pub fn warren_test_stdin(plugin: &Path, input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("test")
+        .arg(plugin)
+        .env("WARREN_CACHE_DIR", cache_dir())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
