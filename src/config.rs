@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Command};
 
-use crate::runtime::manifest::LimitOverrides;
+use crate::runtime::settings::AgentSection;
 
 /// A parsed config file.
 #[derive(Debug, Clone, Default)]
@@ -25,7 +25,7 @@ pub struct ConfigFile {
     /// Option name → value, in file order.
     pub options: Vec<(String, toml::Value)>,
     /// `[agents.NAME]` sections.
-    pub agents: BTreeMap<String, LimitOverrides>,
+    pub agents: BTreeMap<String, AgentSection>,
 }
 
 pub fn read(path: &Path) -> Result<ConfigFile> {
@@ -46,11 +46,33 @@ pub fn read(path: &Path) -> Result<ConfigFile> {
                 );
             };
             for (name, section) in agents {
-                let overrides: LimitOverrides = section
+                let where_ = || format!("{}: section [agents.{name}]", path.display());
+                let toml::Value::Table(mut section) = section else {
+                    bail!("{}: must be a table", where_());
+                };
+                let strings = |table: Option<toml::Value>,
+                               what: &str|
+                 -> Result<BTreeMap<String, String>> {
+                    match table {
+                        None => Ok(BTreeMap::new()),
+                        Some(v) => v.try_into::<BTreeMap<String, String>>().with_context(|| {
+                            format!("{}: `{what}` must map names to strings", where_())
+                        }),
+                    }
+                };
+                let config = strings(section.remove("config"), "config")?;
+                let secrets = strings(section.remove("secrets"), "secrets")?;
+                let limits = toml::Value::Table(section)
                     .try_into()
-                    .with_context(|| format!("{}: section [agents.{name}]", path.display()))?;
-                file.agents
-                    .insert(crate::names::normalise(&name), overrides);
+                    .with_context(where_)?;
+                file.agents.insert(
+                    crate::names::normalise(&name),
+                    AgentSection {
+                        limits,
+                        config,
+                        secrets,
+                    },
+                );
             }
         } else {
             file.options.push((key, value));
@@ -145,7 +167,7 @@ fn scalar(v: &toml::Value) -> Result<String> {
 }
 
 /// The effective options of `cmd` as TOML lines, passwords redacted.
-pub fn render(cmd: &Command, m: &ArgMatches, agents: &BTreeMap<String, LimitOverrides>) -> String {
+pub fn render(cmd: &Command, m: &ArgMatches, agents: &BTreeMap<String, AgentSection>) -> String {
     let mut out = String::new();
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
@@ -184,7 +206,8 @@ pub fn render(cmd: &Command, m: &ArgMatches, agents: &BTreeMap<String, LimitOver
         };
         out.push_str(&format!("{id} = {value}  # {source}\n"));
     }
-    for (name, o) in agents {
+    for (name, section) in agents {
+        let o = &section.limits;
         out.push_str(&format!("\n[agents.{name}]\n"));
         let fields = [
             ("max_memory_mb", o.max_memory_mb.map(|v| v.to_string())),
@@ -210,6 +233,19 @@ pub fn render(cmd: &Command, m: &ArgMatches, agents: &BTreeMap<String, LimitOver
         for (k, v) in fields {
             if let Some(v) = v {
                 out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        if !section.config.is_empty() {
+            out.push_str(&format!("\n[agents.{name}.config]\n"));
+            for (k, v) in &section.config {
+                out.push_str(&format!("{k} = {v:?}\n"));
+            }
+        }
+        if !section.secrets.is_empty() {
+            // Where each secret comes from, never its value.
+            out.push_str(&format!("\n[agents.{name}.secrets]\n"));
+            for (k, v) in &section.secrets {
+                out.push_str(&format!("{k} = {v:?}\n"));
             }
         }
     }

@@ -31,8 +31,8 @@ pub struct HostConfig {
     pub dispatch: DispatchConfig,
     /// When a freshly swapped-in version is rolled back.
     pub guard: GuardConfig,
-    /// Per-agent limit overrides (the config file's `[agents.NAME]` sections).
-    pub agents: std::collections::BTreeMap<String, crate::runtime::manifest::LimitOverrides>,
+    /// Per-agent sections of the config file: limits, settings, secrets.
+    pub agents: std::collections::BTreeMap<String, crate::runtime::settings::AgentSection>,
 }
 
 /// Plugin lifecycle counts, host-wide.
@@ -63,7 +63,7 @@ pub struct Host {
     guard: GuardConfig,
     counters: Arc<PluginCounters>,
     metrics: Arc<Metrics>,
-    overrides: std::collections::BTreeMap<String, crate::runtime::manifest::LimitOverrides>,
+    overrides: std::collections::BTreeMap<String, crate::runtime::settings::AgentSection>,
 }
 
 /// Whether the host can do its job, and if not, why (`/readyz`).

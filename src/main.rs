@@ -464,7 +464,7 @@ async fn main() -> std::process::ExitCode {
 
 /// Per-agent limits from the config file's `[agents.NAME]` sections.
 static AGENT_OVERRIDES: std::sync::OnceLock<
-    std::collections::BTreeMap<String, warren::runtime::manifest::LimitOverrides>,
+    std::collections::BTreeMap<String, warren::runtime::settings::AgentSection>,
 > = std::sync::OnceLock::new();
 
 /// Parses the command line; with a config file, parses it again with the

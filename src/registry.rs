@@ -110,19 +110,24 @@ pub async fn load_plugin(
     load_plugin_with(runtime, path, defaults, None).await
 }
 
-/// [`load_plugin`], then the host config's overrides for this agent (they
-/// win over the manifest beside the file: the operator has the last word).
+/// [`load_plugin`] with the agent's section of the host's config file: its
+/// limits win over the manifest beside the file (the operator has the last
+/// word), and its settings and secrets are what the agent can `get`.
 pub async fn load_plugin_with(
     runtime: &Arc<Runtime>,
     path: &Path,
     defaults: &AgentLimits,
-    overrides: Option<&crate::runtime::manifest::LimitOverrides>,
+    section: Option<&crate::runtime::settings::AgentSection>,
 ) -> Result<Arc<AgentPool>> {
     let mut limits = defaults.clone().with_manifest_for(path)?;
-    if let Some(o) = overrides {
+    if let Some(section) = section {
+        let agent = crate::names::from_path(path)?;
         limits = limits
-            .with(o)
-            .context("the [agents] section of the host's config file")?;
+            .with(&section.limits)
+            .with_context(|| format!("the [agents.{agent}] section of the host's config file"))?;
+        limits.settings = Arc::new(crate::runtime::settings::AgentSettings::resolve(
+            &agent, section,
+        )?);
     }
     let module = {
         let runtime = runtime.clone();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use warren::client;
+use warren::runtime::settings::AgentSection;
 use warren::runtime::{
     AgentLimits, AgentPool, ChatMessage, Destination, Failure, InstanceMode, Message, Outgoing,
     Runtime,
@@ -32,9 +33,16 @@ fn build(lang: &str, agent: &str) -> PathBuf {
     path
 }
 
+/// Every build runs with the same settings: a plain value and a secret.
 async fn pool(runtime: &std::sync::Arc<Runtime>, path: &PathBuf) -> std::sync::Arc<AgentPool> {
+    unsafe { std::env::set_var("WARREN_POLYGLOT_TOKEN", "t0ken") };
+    let section = AgentSection {
+        config: [("greeting".to_string(), "hello from the host".to_string())].into(),
+        secrets: [("token".to_string(), "env:WARREN_POLYGLOT_TOKEN".to_string())].into(),
+        ..Default::default()
+    };
     let limits = AgentLimits::defaults(runtime.config(), 64, 1 << 20);
-    warren::registry::load_plugin(runtime, path, &limits)
+    warren::registry::load_plugin_with(runtime, path, &limits, Some(&section))
         .await
         .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
 }
@@ -140,6 +148,9 @@ async fn every_language_answers_the_conformance_scenarios_identically() {
         m("multi"),
         m("unknown"),
         m("reply:ünïcödé ✓"),
+        m("cfg:greeting"),
+        m("cfg:token"),
+        m("cfg:absent"),
     ];
     let rust = conform("conformance", &scenarios).await;
     // And the shared answers are the right ones, not merely the same.
@@ -160,6 +171,9 @@ async fn every_language_answers_the_conformance_scenarios_identically() {
     assert_eq!(rust[11].as_array().unwrap().len(), 2);
     assert_eq!(rust[12], json!({"reject": "unknown command `unknown`"}));
     assert_eq!(text(&rust[13]), "ünïcödé ✓");
+    assert_eq!(text(&rust[14]), "hello from the host");
+    assert_eq!(text(&rust[15]), "t0ken");
+    assert_eq!(text(&rust[16]), "unset");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

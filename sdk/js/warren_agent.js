@@ -14,6 +14,7 @@
 // { tag, val } objects; `throw retry(...)` / `throw reject(...)` is the failure.
 
 import host from "warren:agent/host@0.1.0";
+import config from "warren:agent/config@0.1.0";
 
 function withTurn(msg, text) {
   return [...msg.messages, { role: "assistant", content: text }];
@@ -59,6 +60,11 @@ export function context(msg) {
     throw reject("context is not a JSON object");
   }
   return value;
+}
+
+/** A setting the host's operator granted this agent (or a secret); null if unset. */
+export function getConfig(key) {
+  return config.get(key) ?? null;
 }
 
 export function lastUserText(msg) {

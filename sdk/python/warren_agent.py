@@ -18,10 +18,11 @@ import json
 from typing import Any, Dict, List, Optional
 
 from componentize_py_types import Err
+from wit_world.imports import config as _config
 from wit_world.imports import host, types
 
 __all__ = [
-    "reply", "handoff", "retry", "reject", "context", "last_user_text",
+    "reply", "handoff", "retry", "reject", "context", "last_user_text", "get_config",
     "log", "info", "warn",
 ]
 
@@ -70,6 +71,11 @@ def context(msg: types.Message) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise reject("context is not a JSON object")
     return value
+
+
+def get_config(key: str) -> Optional[str]:
+    """A setting the host's operator granted this agent (or a secret); None if unset."""
+    return _config.get(key)
 
 
 def last_user_text(msg: types.Message) -> Optional[str]:

@@ -35,6 +35,8 @@ pub struct AgentLimits {
     pub instance_mode: InstanceMode,
     pub max_outgoing: usize,
     pub max_message_bytes: usize,
+    /// What the agent can read through the `config` import.
+    pub settings: std::sync::Arc<super::settings::AgentSettings>,
 }
 
 impl AgentLimits {
@@ -54,6 +56,7 @@ impl AgentLimits {
             instance_mode: runtime.instance_mode,
             max_outgoing,
             max_message_bytes,
+            settings: Default::default(),
         }
     }
 

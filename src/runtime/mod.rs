@@ -11,6 +11,7 @@ pub mod limits;
 pub mod manifest;
 pub mod pool;
 pub mod sandbox;
+pub mod settings;
 pub mod throttle;
 
 use std::path::{Path, PathBuf};

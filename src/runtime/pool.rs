@@ -215,6 +215,7 @@ impl AgentPool {
                 config.max_memory,
                 config.max_table_elements,
                 self.stats.log_lines_dropped.clone(),
+                config.settings.clone(),
             ),
         );
         store.limiter(|s| &mut s.limits);
@@ -319,6 +320,11 @@ impl AgentPool {
         );
         match result {
             Ok(answer) => {
+                // A failure's reason ends up in logs and dead letters: no secrets.
+                let answer = answer.map_err(|f| match f {
+                    Failure::Retry(r) => Failure::Retry(inst.store.data().scrub(&r).into_owned()),
+                    Failure::Reject(r) => Failure::Reject(inst.store.data().scrub(&r).into_owned()),
+                });
                 if answer.is_ok() {
                     self.stats.ok.fetch_add(1, Ordering::Relaxed);
                 } else {

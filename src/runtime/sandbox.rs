@@ -18,6 +18,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{Level, warren::agent};
+use super::settings::AgentSettings;
 
 /// Longest captured output line; longer lines are cut (a guest must not be
 /// able to make the host buffer without bound).
@@ -93,6 +94,7 @@ pub struct AgentState {
     /// before the trap, and it is the most useful part of a trap's reason.
     last_stderr: Arc<Mutex<Vec<String>>>,
     call: CallTag,
+    settings: Arc<AgentSettings>,
 }
 
 impl AgentState {
@@ -101,6 +103,7 @@ impl AgentState {
         max_memory: usize,
         max_table_elements: usize,
         dropped_log_lines: Arc<AtomicU64>,
+        settings: Arc<AgentSettings>,
     ) -> Self {
         let last_stderr = Arc::new(Mutex::new(Vec::new()));
         let log_budget = LogBudget::new(dropped_log_lines);
@@ -112,6 +115,7 @@ impl AgentState {
                 None,
                 log_budget.clone(),
                 call.clone(),
+                settings.clone(),
             ))
             .stderr(GuestOutput::new(
                 agent.clone(),
@@ -119,6 +123,7 @@ impl AgentState {
                 Some(last_stderr.clone()),
                 log_budget.clone(),
                 call.clone(),
+                settings.clone(),
             ))
             .allow_tcp(false)
             .allow_udp(false)
@@ -134,7 +139,13 @@ impl AgentState {
             log_budget,
             last_stderr,
             call,
+            settings,
         }
+    }
+
+    /// `text` with the agent's secret values replaced by `***`.
+    pub(crate) fn scrub<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        self.settings.scrub(text)
     }
 
     /// Tags the guest's log lines with the message it is handling now.
@@ -166,10 +177,16 @@ impl WasiView for AgentState {
 
 impl agent::types::Host for AgentState {}
 
+impl agent::config::Host for AgentState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.settings.get(&key)
+    }
+}
+
 impl agent::host::Host for AgentState {
     fn log(&mut self, level: Level, text: String) {
         let agent = &*self.agent;
-        let text = truncate(&text);
+        let text = self.settings.scrub(truncate(&text));
         let call = self.call.lock().unwrap_or_else(|p| p.into_inner());
         let (id, conversation) = (&call.0, &call.1);
         budgeted(&self.log_budget, agent, || match level {
@@ -215,6 +232,7 @@ struct GuestOutput {
     last: Option<Arc<Mutex<Vec<String>>>>,
     budget: Arc<Mutex<LogBudget>>,
     call: CallTag,
+    settings: Arc<AgentSettings>,
 }
 
 impl GuestOutput {
@@ -224,6 +242,7 @@ impl GuestOutput {
         last: Option<Arc<Mutex<Vec<String>>>>,
         budget: Arc<Mutex<LogBudget>>,
         call: CallTag,
+        settings: Arc<AgentSettings>,
     ) -> Self {
         GuestOutput {
             agent,
@@ -231,6 +250,7 @@ impl GuestOutput {
             last,
             budget,
             call,
+            settings,
         }
     }
 }
@@ -259,7 +279,7 @@ impl LineLogger {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches(['\n', '\r']);
-        let text = truncate(text);
+        let text = self.out.settings.scrub(truncate(text));
         let (agent, stream) = (&*self.out.agent, self.out.stream);
         budgeted(&self.out.budget, agent, || {
             let call = self.out.call.lock().unwrap_or_else(|p| p.into_inner());

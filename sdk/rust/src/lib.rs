@@ -84,6 +84,12 @@ pub fn log(level: Level, text: &str) {
     bindings::warren::agent::host::log(level, text);
 }
 
+/// A setting the host's operator granted this agent (`[agents.NAME.config]`
+/// or a secret from `[agents.NAME.secrets]`); `None` if there is no such key.
+pub fn config(key: &str) -> Option<String> {
+    bindings::warren::agent::config::get(key)
+}
+
 pub fn info(text: &str) {
     log(Level::Info, text);
 }
