@@ -19,7 +19,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::dispatch::{DispatchConfig, Event};
 use warren::runtime::InstanceMode;
-use warren::{Broker, client};
+use warren::{Broker, client, names};
 
 const SEED_BODY: &[u8] = br#"{"messages":[{"role":"user","content":"I want to talk to agent B."}],"context_variables":{"user":"alice"},"agent":"Agent A"}"#;
 
@@ -360,11 +360,19 @@ async fn host_recovers_from_close_all_connections_and_loses_nothing() {
     let amqp = AmqpBroker::connect(AmqpConfig::new(vh.url()))
         .await
         .unwrap();
+    // One consumer with a small window: the host is still mid-run when the
+    // 5,000 messages are all published and the cut comes (a faster host
+    // could finish first, and there would be nothing to ride out).
+    let dispatch = DispatchConfig {
+        consumers_per_agent: 1,
+        in_flight_per_consumer: 2,
+        ..fast_dispatch()
+    };
     let t = start_on(
         Arc::new(amqp.clone()),
         plugins_dir(&["agent_a", "agent_b"]),
         runtime_config(InstanceMode::Reuse),
-        fast_dispatch(),
+        dispatch,
     )
     .await;
     let (conn, ch) = plain_client(&vh).await;
@@ -395,6 +403,22 @@ async fn host_recovers_from_close_all_connections_and_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let pending = ch
+        .queue_declare(
+            names::queue("agent_a").as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert!(
+        pending > 0,
+        "the host finished before the cut: nothing to ride out"
+    );
     vh.close_all_connections();
     drop((ch, conn));
     // A fresh client collects the replies; the host must recover by itself.
@@ -414,7 +438,7 @@ async fn host_recovers_from_close_all_connections_and_loses_nothing() {
     assert!(
         stats
             .iter()
-            .all(|s| s.consumer_count == 2 && s.dead_letter_count == 0),
+            .all(|s| s.consumer_count == 1 && s.dead_letter_count == 0),
         "{stats:?}"
     );
     t.host.shutdown().await;
