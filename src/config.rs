@@ -197,9 +197,7 @@ pub fn render(cmd: &Command, m: &ArgMatches, agents: &BTreeMap<String, AgentSect
             Some(ValueSource::EnvVariable) => "environment",
             _ => "default",
         };
-        let value = if values.len() == 1 && !arg.get_action().takes_values() {
-            values[0].clone()
-        } else if values.len() == 1 {
+        let value = if values.len() == 1 {
             values[0].clone()
         } else {
             format!("[{}]", values.join(", "))

@@ -108,23 +108,23 @@ impl AgentState {
         let last_stderr = Arc::new(Mutex::new(Vec::new()));
         let log_budget = LogBudget::new(dropped_log_lines);
         let call = CallTag::default();
+        // stdout and stderr share the agent's log budget, message tag and
+        // secrets; only stderr keeps its last lines for trap reasons.
+        let output = GuestOutput {
+            agent: agent.clone(),
+            stream: "stderr",
+            last: Some(last_stderr.clone()),
+            budget: log_budget.clone(),
+            call: call.clone(),
+            settings: settings.clone(),
+        };
         let wasi = WasiCtxBuilder::new()
-            .stdout(GuestOutput::new(
-                agent.clone(),
-                "stdout",
-                None,
-                log_budget.clone(),
-                call.clone(),
-                settings.clone(),
-            ))
-            .stderr(GuestOutput::new(
-                agent.clone(),
-                "stderr",
-                Some(last_stderr.clone()),
-                log_budget.clone(),
-                call.clone(),
-                settings.clone(),
-            ))
+            .stdout(GuestOutput {
+                stream: "stdout",
+                last: None,
+                ..output.clone()
+            })
+            .stderr(output)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -233,26 +233,6 @@ struct GuestOutput {
     budget: Arc<Mutex<LogBudget>>,
     call: CallTag,
     settings: Arc<AgentSettings>,
-}
-
-impl GuestOutput {
-    fn new(
-        agent: Arc<str>,
-        stream: &'static str,
-        last: Option<Arc<Mutex<Vec<String>>>>,
-        budget: Arc<Mutex<LogBudget>>,
-        call: CallTag,
-        settings: Arc<AgentSettings>,
-    ) -> Self {
-        GuestOutput {
-            agent,
-            stream,
-            last,
-            budget,
-            call,
-            settings,
-        }
-    }
 }
 
 impl IsTerminal for GuestOutput {
