@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 target_dir=${WARREN_GUEST_TARGET_DIR:-$root/target/guests}
-guests=(plugins/agent_a plugins/agent_b plugins/echo tests/fixtures/chaos)
+guests=(plugins/agent_a plugins/agent_b plugins/echo plugins/llm_triage tests/fixtures/chaos)
 
 have_wasip2() {
   command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2

@@ -62,6 +62,12 @@ pub fn read(path: &Path) -> Result<ConfigFile> {
                 };
                 let config = strings(section.remove("config"), "config")?;
                 let secrets = strings(section.remove("secrets"), "secrets")?;
+                let http = match section.remove("http") {
+                    None => Default::default(),
+                    Some(v) => v
+                        .try_into()
+                        .with_context(|| format!("{}: [http]", where_()))?,
+                };
                 let limits = toml::Value::Table(section)
                     .try_into()
                     .with_context(where_)?;
@@ -71,6 +77,7 @@ pub fn read(path: &Path) -> Result<ConfigFile> {
                         limits,
                         config,
                         secrets,
+                        http,
                     },
                 );
             }
@@ -237,6 +244,19 @@ pub fn render(cmd: &Command, m: &ArgMatches, agents: &BTreeMap<String, AgentSect
             out.push_str(&format!("\n[agents.{name}.config]\n"));
             for (k, v) in &section.config {
                 out.push_str(&format!("{k} = {v:?}\n"));
+            }
+        }
+        let http = &section.http;
+        if *http != Default::default() {
+            out.push_str(&format!("\n[agents.{name}.http]\n"));
+            if let Some(allow) = &http.allow {
+                out.push_str(&format!("allow = {allow:?}\n"));
+            }
+            if let Some(v) = http.timeout_ms {
+                out.push_str(&format!("timeout_ms = {v}\n"));
+            }
+            if let Some(v) = http.max_response_kb {
+                out.push_str(&format!("max_response_kb = {v}\n"));
             }
         }
         if !section.secrets.is_empty() {

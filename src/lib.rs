@@ -16,7 +16,8 @@
 //! - [`dispatch`] — the loop: delivery → decode → agent → publish → ack, and
 //!   every retry / dead-letter decision with its reason.
 //! - [`runtime`] — wasmtime: loading and checking components against the
-//!   world, the compile cache, the WASI sandbox, per-agent instance pools.
+//!   world, the compile cache, the WASI sandbox, per-agent instance pools,
+//!   and what an agent is granted beyond it (settings, outbound HTTP).
 //! - [`registry`] — agents by name, each the current version of its plugin.
 //! - [`watch`] — the live plugins folder: add, replace, remove on file events.
 //! - [`guard`] — the rollback guard for a freshly swapped-in version.
@@ -37,6 +38,7 @@
 //! - [`testbench`] — `warren test`: one plugin, no broker.
 //! - [`scaffold`] — `warren new`: a new agent project in Rust, Python or JS.
 //! - [`demo`] — `warren demo`: the Agent A → Agent B handoff.
+//! - [`mockllm`] — `warren mock-llm`: a local OpenAI-compatible endpoint for LLM agents.
 //! - [`bench`] — `warren bench`: throughput, latency and cost, side by side
 //!   with a raw lapin relay.
 
@@ -52,6 +54,7 @@ pub mod guard;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod mockllm;
 pub mod names;
 pub mod registry;
 pub mod runtime;

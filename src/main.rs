@@ -113,6 +113,17 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// A local stand-in for an OpenAI-compatible chat-completions API, to try
+    /// LLM agents (plugins/llm_triage) with no network and no API key.
+    MockLlm {
+        /// Where to listen (the agent's `base_url` is http://ADDR/v1).
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: std::net::SocketAddr,
+        /// Answer only requests that carry this environment variable's value
+        /// as their bearer token (as the real service checks its keys).
+        #[arg(long)]
+        api_key_env: Option<String>,
+    },
     /// The Agent A → Agent B handoff, end to end on the embedded broker.
     Demo {
         #[command(flatten)]
@@ -640,16 +651,39 @@ async fn run(command: Command) -> Result<()> {
                 )),
                 _ => Box::new(BufReader::new(std::io::stdin())),
             };
+            // The agent's section of the config file applies as in `warren run`.
+            let agent = warren::names::from_path(&plugin)?;
+            let section = AGENT_OVERRIDES.get().and_then(|a| a.get(&agent));
             warren::testbench::run(
                 &plugin,
                 reader,
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
                 runtime.config(),
+                section,
             )
             .await
         }
         Command::Config { .. } => unreachable!("handled in main"),
+        Command::MockLlm {
+            listen,
+            api_key_env,
+        } => {
+            let api_key = match api_key_env {
+                Some(var) => Some(
+                    std::env::var(&var)
+                        .with_context(|| format!("--api-key-env: {var} is not set"))?,
+                ),
+                None => None,
+            };
+            let (mock, serve) = warren::mockllm::MockLlm::bind(listen, api_key).await?;
+            println!("mock LLM: POST {}/chat/completions", mock.base_url);
+            tokio::select! {
+                r = serve => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+                r = wait_terminate() => r,
+            }
+        }
         Command::Demo { host } => {
             warren::demo::run(&host.plugins, host.config(), &mut std::io::stdout()).await
         }

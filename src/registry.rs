@@ -124,6 +124,7 @@ pub async fn load_plugin_with(
         let agent = crate::names::from_path(path)?;
         limits = limits
             .with(&section.limits)
+            .and_then(|l| l.with_http(&section.http))
             .with_context(|| format!("the [agents.{agent}] section of the host's config file"))?;
         limits.settings = Arc::new(crate::runtime::settings::AgentSettings::resolve(
             &agent, section,

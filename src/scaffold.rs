@@ -36,6 +36,10 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
                 "warren-agent/src/lib.rs",
                 include_str!("../sdk/rust/src/lib.rs"),
             ),
+            (
+                "warren-agent/src/http.rs",
+                include_str!("../sdk/rust/src/http.rs"),
+            ),
             ("warren-agent/wit/agent.wit", WIT),
         ],
         Lang::Python => vec![

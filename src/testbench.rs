@@ -11,22 +11,26 @@ use serde_json::json;
 use crate::broker::{Envelope, Route};
 use crate::dispatch::{self, Planned};
 use crate::registry;
+use crate::runtime::settings::AgentSection;
 use crate::runtime::{AgentLimits, Failure, Runtime, RuntimeConfig};
 use crate::wire::Body;
 
 /// Feeds every input line to the plugin; prints outgoing messages to `out`
 /// and failures to `err`. Fails if the plugin does not load or any message failed.
+/// `section` is the agent's part of the host's config file, if any: its
+/// limits, settings, secrets and HTTP grant apply here as in `warren run`.
 pub async fn run(
     plugin: &Path,
     input: impl BufRead,
     out: &mut impl Write,
     err: &mut impl Write,
     config: RuntimeConfig,
+    section: Option<&AgentSection>,
 ) -> Result<()> {
     let d = crate::dispatch::DispatchConfig::default();
     let limits = AgentLimits::defaults(&config, d.max_outgoing, d.max_message_bytes);
     let runtime = Runtime::new(config)?;
-    let pool = registry::load_plugin(&runtime, plugin, &limits).await?;
+    let pool = registry::load_plugin_with(&runtime, plugin, &limits, section).await?;
     let agent = pool.name().to_string();
     let mut failed = 0usize;
     let mut total = 0usize;
@@ -102,7 +106,7 @@ pub async fn run_lines(
 ) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let result = run(plugin, input.as_bytes(), &mut out, &mut err, config).await;
+    let result = run(plugin, input.as_bytes(), &mut out, &mut err, config, None).await;
     if let Err(e) = result {
         bail!("{e:#}: {}", String::from_utf8_lossy(&err).trim());
     }

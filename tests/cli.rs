@@ -146,7 +146,8 @@ fn run_send_status_across_processes() {
             [
                 "agent_agent_a_queue",
                 "agent_agent_b_queue",
-                "agent_echo_queue"
+                "agent_echo_queue",
+                "agent_llm_triage_queue"
             ]
         );
     });

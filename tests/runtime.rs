@@ -85,6 +85,7 @@ async fn testbench_reports_failures_and_fails() {
         &mut out,
         &mut err,
         runtime_config(InstanceMode::Reuse),
+        None,
     )
     .await;
     let e = r.unwrap_err();

@@ -12,6 +12,11 @@
 //! instance_mode = "fresh"   # or "reuse"
 //! max_outgoing = 16         # messages one call may send on
 //! max_message_kb = 256      # body size in and out
+//!
+//! [http]                    # outbound HTTP (none by default; see runtime::outbound)
+//! allow = ["https://api.openai.com"]
+//! timeout_ms = 20000
+//! max_response_kb = 1024
 //! ```
 //! Unknown keys are an error (a typo must not silently leave a limit off).
 
@@ -21,6 +26,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
 
+use super::outbound::{HttpGrant, HttpOverrides};
 use super::{InstanceMode, RuntimeConfig};
 
 /// The limits one agent runs under.
@@ -37,6 +43,8 @@ pub struct AgentLimits {
     pub max_message_bytes: usize,
     /// What the agent can read through the `config` import.
     pub settings: std::sync::Arc<super::settings::AgentSettings>,
+    /// Where the agent may send HTTP requests (nowhere by default).
+    pub http: std::sync::Arc<HttpGrant>,
 }
 
 impl AgentLimits {
@@ -57,6 +65,7 @@ impl AgentLimits {
             max_outgoing,
             max_message_bytes,
             settings: Default::default(),
+            http: Default::default(),
         }
     }
 
@@ -71,7 +80,14 @@ impl AgentLimits {
         let manifest: Manifest =
             toml::from_str(&text).with_context(|| format!("manifest {}", path.display()))?;
         self.with(&manifest.limits)
+            .and_then(|l| l.with_http(&manifest.http))
             .with_context(|| format!("manifest {}", path.display()))
+    }
+
+    /// Applies an `[http]` grant (from a manifest or the host's config file).
+    pub fn with_http(mut self, o: &HttpOverrides) -> Result<Self> {
+        self.http = std::sync::Arc::new((*self.http).clone().with(o).context("[http]")?);
+        Ok(self)
     }
 
     /// Applies per-agent overrides (from a manifest or the host's config file).
@@ -123,6 +139,8 @@ pub fn manifest_path(plugin: &Path) -> PathBuf {
 struct Manifest {
     #[serde(default)]
     limits: LimitOverrides,
+    #[serde(default)]
+    http: HttpOverrides,
 }
 
 /// The limits one agent may override (unset keys keep the host's value).

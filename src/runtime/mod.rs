@@ -9,6 +9,7 @@ pub mod bindings;
 pub mod cache;
 pub mod limits;
 pub mod manifest;
+pub mod outbound;
 pub mod pool;
 pub mod sandbox;
 pub mod settings;
@@ -118,6 +119,9 @@ impl Runtime {
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // Every agent may import wasi:http; whether a request leaves the
+        // host is decided per agent by its allow-list (see `outbound`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         spawn_epoch_ticker(&engine);
         Ok(Arc::new(Runtime {

@@ -212,10 +212,8 @@ impl AgentPool {
             self.runtime.engine(),
             AgentState::new(
                 self.module.name.as_str().into(),
-                config.max_memory,
-                config.max_table_elements,
+                config,
                 self.stats.log_lines_dropped.clone(),
-                config.settings.clone(),
             ),
         );
         store.limiter(|s| &mut s.limits);
@@ -230,7 +228,7 @@ impl AgentPool {
             let state = ctx.data();
             Ok(match (state.call_deadline, state.throttle_from) {
                 (Some(deadline), _) if now >= deadline => UpdateDeadline::Interrupt,
-                (Some(deadline), Some(from)) if now >= from => {
+                (Some(deadline), Some(from)) if now >= from + state.http_waited() => {
                     let slot = lane.next_slice(now, deadline);
                     UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(slot.into())))
                 }
@@ -256,6 +254,7 @@ impl AgentPool {
         let state = store.data_mut();
         state.call_deadline = Some(now + self.limits.deadline);
         state.throttle_from = Some(now + self.limits.throttle_after);
+        state.reset_http_waited();
         store.set_epoch_deadline(1);
         if let Some(fuel) = self.limits.fuel {
             store.set_fuel(fuel)?;

@@ -3,7 +3,8 @@
 //!
 //! A guest gets clocks and randomness and nothing else: no preopened
 //! directories, no environment variables, no arguments, no sockets, no name
-//! lookups, no stdin. Its stdout and stderr are captured line by line into
+//! lookups, no stdin. `wasi:http` is linked but gated: a request leaves only
+//! for an origin the agent was granted (see `outbound`). Its stdout and stderr are captured line by line into
 //! the host's log, tagged with the agent's name.
 
 use std::io;
@@ -17,7 +18,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
 use super::bindings::{Level, warren::agent};
+use super::manifest::AgentLimits;
+use super::outbound::HttpGate;
 use super::settings::AgentSettings;
 
 /// Longest captured output line; longer lines are cut (a guest must not be
@@ -95,16 +100,13 @@ pub struct AgentState {
     last_stderr: Arc<Mutex<Vec<String>>>,
     call: CallTag,
     settings: Arc<AgentSettings>,
+    http: WasiHttpCtx,
+    http_gate: HttpGate,
 }
 
 impl AgentState {
-    pub fn new(
-        agent: Arc<str>,
-        max_memory: usize,
-        max_table_elements: usize,
-        dropped_log_lines: Arc<AtomicU64>,
-        settings: Arc<AgentSettings>,
-    ) -> Self {
+    pub fn new(agent: Arc<str>, limits: &AgentLimits, dropped_log_lines: Arc<AtomicU64>) -> Self {
+        let settings = limits.settings.clone();
         let last_stderr = Arc::new(Mutex::new(Vec::new()));
         let log_budget = LogBudget::new(dropped_log_lines);
         let call = CallTag::default();
@@ -130,17 +132,35 @@ impl AgentState {
             .allow_ip_name_lookup(false)
             .build();
         AgentState {
-            agent,
             wasi,
             table: ResourceTable::new(),
-            limits: super::limits::Limits::new(max_memory, max_table_elements),
+            limits: super::limits::Limits::new(limits.max_memory, limits.max_table_elements),
             call_deadline: None,
             throttle_from: None,
             log_budget,
             last_stderr,
+            http: WasiHttpCtx::new(),
+            http_gate: HttpGate {
+                agent: agent.clone(),
+                grant: limits.http.clone(),
+                call: call.clone(),
+                waited: Arc::default(),
+            },
+            agent,
             call,
             settings,
         }
+    }
+
+    /// How long the running call has waited for HTTP responses; that time
+    /// is not guest work, so it moves the runaway threshold back.
+    pub(crate) fn http_waited(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.http_gate.waited.load(Ordering::Relaxed))
+    }
+
+    /// Starts the next call's HTTP wait at zero.
+    pub(crate) fn reset_http_waited(&self) {
+        self.http_gate.waited.store(0, Ordering::Relaxed);
     }
 
     /// `text` with the agent's secret values replaced by `***`.
@@ -171,6 +191,16 @@ impl WasiView for AgentState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for AgentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_gate,
         }
     }
 }

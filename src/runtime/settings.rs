@@ -21,6 +21,8 @@ pub struct AgentSection {
     pub config: BTreeMap<String, String>,
     /// Secret name → source (`env:VAR` or `file:PATH`).
     pub secrets: BTreeMap<String, String>,
+    /// Outbound HTTP granted (`[agents.NAME.http]`).
+    pub http: super::outbound::HttpOverrides,
 }
 
 /// The resolved settings an agent can `get`.

@@ -24,7 +24,12 @@
 //! [`MessageExt::reply`] answers whoever started the conversation,
 //! [`MessageExt::handoff`] passes it to another agent, [`retry`] and
 //! [`reject`] are the two failures, [`OutgoingExt::with_context`] sets new
-//! context variables from any serde type.
+//! context variables from any serde type. [`config`] reads the settings the
+//! operator granted; with the `http` feature, `http` sends requests to the
+//! origins the operator allowed.
+
+#[cfg(feature = "http")]
+pub mod http;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -37,8 +42,8 @@ pub mod bindings {
     });
 }
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use bindings::warren::agent::host::Level;
