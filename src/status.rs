@@ -59,6 +59,9 @@ pub struct AgentStatus {
     pub guest_ms: f64,
     /// The largest linear memory an instance reached, in bytes.
     pub peak_memory_bytes: u64,
+    /// Calls that ran guest code past `throttle_after` (the runaway lane).
+    #[serde(default)]
+    pub runaway_calls: u64,
     /// Guest log lines dropped by the rate limit.
     pub log_lines_dropped: u64,
     /// Why the plugin file could not be (re)loaded, if it could not.
@@ -108,6 +111,7 @@ impl AgentStatus {
             },
             guest_ms: counter(|s| &s.guest_nanos) as f64 / 1e6,
             peak_memory_bytes: counter(|s| &s.peak_memory),
+            runaway_calls: counter(|s| &s.runaways),
             log_lines_dropped: stats
                 .map(|s| s.log_lines_dropped.load(Ordering::Relaxed))
                 .unwrap_or(0),
@@ -129,6 +133,7 @@ impl AgentStatus {
             guest_errors: GuestErrors::default(),
             guest_ms: 0.0,
             peak_memory_bytes: 0,
+            runaway_calls: 0,
             log_lines_dropped: 0,
             error: None,
             last_error: None,

@@ -53,6 +53,10 @@ amqp_url = "amqp://guest:s3cr3t-pw@127.0.0.1:5672/%2f"
 [agents.agent_b]
 deadline_ms = 77
 instance_mode = "fresh"
+
+[agents.agent_b.http]
+allow = ["https://api.example.com"]
+timeout_ms = 900
 "#,
     )
     .unwrap();
@@ -83,6 +87,12 @@ instance_mode = "fresh"
         );
         assert!(
             out.contains("[agents.agent_b]\ndeadline_ms = 77\ninstance_mode = \"fresh\""),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "[agents.agent_b.http]\nallow = [\"https://api.example.com\"]\ntimeout_ms = 900\n"
+            ),
             "{out}"
         );
         // The password is never printed.
@@ -139,10 +149,22 @@ fn unknown_keys_are_errors_that_name_the_key() {
         err.contains("[agents.echo]") && err.contains("unknown field `max_memroy_mb`"),
         "{err}"
     );
+
+    // A typo in a grant is as loud.
+    std::fs::write(&file, "[agents.echo.http]\nalow = [\"https://x.org\"]\n").unwrap();
+    let out = warren(&["run", "--config", file.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[agents.echo]")
+            && err.contains("[http]")
+            && err.contains("unknown field `alow`"),
+        "{err}"
+    );
 }
 
-/// A per-agent section reaches the agent: `warren test` has no per-agent
-/// config, so this runs the demo with agent_b's instances capped by the file.
+/// A per-agent section reaches the agent: the demo runs with agent_b's
+/// message limit set by the file. (`warren test` with a section: tests/llm.rs.)
 #[test]
 fn an_agent_section_applies_to_that_agent() {
     let dir = tempfile::tempdir().unwrap();

@@ -274,6 +274,16 @@ async fn bad_endpoint() -> String {
             }),
         )
         .route(
+            // A good answer, but only after 400 ms.
+            "/late/v1/chat/completions",
+            post(
+                |axum::Json(body): axum::Json<serde_json::Value>| async move {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    axum::Json(warren::mockllm::answer("late", &body))
+                },
+            ),
+        )
+        .route(
             "/slow/v1/chat/completions",
             post(|| async {
                 tokio::time::sleep(Duration::from_secs(10)).await;
@@ -423,4 +433,31 @@ async fn warren_run_with_the_llm_agent_completes_the_seed_scenario() {
     assert_eq!(line["context_variables"]["triaged_by"], "llm_triage");
     assert!(!stderr.contains(KEY));
     assert_eq!(llm.requests().len(), 2);
+}
+
+/// Waiting on a model is not guest work: an agent that waited 400 ms for
+/// its answer, with a 50 ms runaway threshold, is not moved to the runaway
+/// lane, and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_waiting_on_http_does_not_make_a_runaway() {
+    let base = bad_endpoint().await;
+    let mut section = triage_section(&format!("{base}/late/v1"), &base);
+    section.limits.throttle_after_ms = Some(50);
+    let mut t = start_triage(section).await;
+    let id = ask(&t, "I want to talk to agent B.").await;
+    t.wait_for(|e| match e {
+        Event::Handled { agent, id: i, .. } if agent == "llm_triage" && *i == id => Some(()),
+        Event::DeadLettered { id: i, reason, .. } if *i == id => panic!("dead-lettered: {reason}"),
+        _ => None,
+    })
+    .await;
+    let status = t.host.status().await.unwrap();
+    let triage = status
+        .agents
+        .iter()
+        .find(|a| a.queue.agent == "llm_triage")
+        .unwrap();
+    assert_eq!(triage.calls, 1);
+    assert!(triage.guest_ms >= 400.0, "{triage:?}");
+    assert_eq!(triage.runaway_calls, 0, "{triage:?}");
 }

@@ -160,6 +160,10 @@ async fn failures_are_counted_by_kind_with_peak_memory() {
         "and never above the limit: {chaos:?}"
     );
     assert!(chaos.guest_ms > 0.0);
+    assert!(
+        chaos.runaway_calls >= 2,
+        "both spins ran past throttle_after: {chaos:?}"
+    );
     let table = status.table();
     assert!(
         table.contains("peak_mem") && table.contains("errors"),

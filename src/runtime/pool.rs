@@ -97,6 +97,9 @@ pub struct CallStats {
     pub guest_nanos: AtomicU64,
     /// The largest linear memory any instance reached, in bytes.
     pub peak_memory: AtomicU64,
+    /// Calls that ran guest code past `throttle_after` and so were moved to
+    /// the runaway lane (time waiting on HTTP does not count).
+    pub runaways: AtomicU64,
     /// Guest log lines dropped by the rate limit (shared with the instances).
     pub log_lines_dropped: Arc<AtomicU64>,
 }
@@ -223,12 +226,13 @@ impl AgentPool {
         // it runs only in slices of the runaway lane; past its deadline it is
         // interrupted.
         let lane = self.runtime.runaways().clone();
-        store.epoch_deadline_callback(move |ctx| {
+        store.epoch_deadline_callback(move |mut ctx| {
             let now = Instant::now();
             let state = ctx.data();
             Ok(match (state.call_deadline, state.throttle_from) {
                 (Some(deadline), _) if now >= deadline => UpdateDeadline::Interrupt,
                 (Some(deadline), Some(from)) if now >= from + state.http_waited() => {
+                    ctx.data_mut().ran_away = true;
                     let slot = lane.next_slice(now, deadline);
                     UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(slot.into())))
                 }
@@ -255,6 +259,7 @@ impl AgentPool {
         state.call_deadline = Some(now + self.limits.deadline);
         state.throttle_from = Some(now + self.limits.throttle_after);
         state.reset_http_waited();
+        state.ran_away = false;
         store.set_epoch_deadline(1);
         if let Some(fuel) = self.limits.fuel {
             store.set_fuel(fuel)?;
@@ -317,6 +322,9 @@ impl AgentPool {
             inst.store.data().limits.peak_memory as u64,
             Ordering::Relaxed,
         );
+        if inst.store.data().ran_away {
+            self.stats.runaways.fetch_add(1, Ordering::Relaxed);
+        }
         match result {
             Ok(answer) => {
                 // A failure's reason ends up in logs and dead letters: no secrets.

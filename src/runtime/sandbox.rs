@@ -95,6 +95,8 @@ pub struct AgentState {
     pub(crate) call_deadline: Option<std::time::Instant>,
     /// When the running call becomes a runaway (see `throttle`).
     pub(crate) throttle_from: Option<std::time::Instant>,
+    /// Whether the running call became one.
+    pub(crate) ran_away: bool,
     /// The guest's last few stderr lines: a panic message lands there just
     /// before the trap, and it is the most useful part of a trap's reason.
     last_stderr: Arc<Mutex<Vec<String>>>,
@@ -137,6 +139,7 @@ impl AgentState {
             limits: super::limits::Limits::new(limits.max_memory, limits.max_table_elements),
             call_deadline: None,
             throttle_from: None,
+            ran_away: false,
             log_budget,
             last_stderr,
             http: WasiHttpCtx::new(),
