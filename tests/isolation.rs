@@ -47,12 +47,16 @@ fn runtime() -> RuntimeConfig {
 
 /// A plugins folder with `echo` (healthy) and `chaos` (faulty), chaos with
 /// a deadline that makes a round of faults last a few seconds: long enough
-/// to measure a rate, short enough for a test.
-fn plugins() -> tempfile::TempDir {
+/// to measure a rate, short enough for a test. A bomb must reach chaos's
+/// memory limit within its 20 ms before it becomes a runaway (after that
+/// it gets scarce slices): under load 32 MiB of writes may not, 8 MiB does.
+fn plugins(max_memory_mb: usize) -> tempfile::TempDir {
     let dir = plugins_dir(&["chaos", "echo"]);
     std::fs::write(
         dir.path().join("chaos.toml"),
-        "[limits]\ndeadline_ms = 1000\nthrottle_after_ms = 20\n",
+        format!(
+            "[limits]\ndeadline_ms = 1000\nthrottle_after_ms = 20\nmax_memory_mb = {max_memory_mb}\n"
+        ),
     )
     .unwrap();
     dir
@@ -245,7 +249,7 @@ async fn healthy_agent_keeps_its_throughput_embedded() {
     let _serial = SERIAL.lock().await;
     let t = start_on(
         Arc::new(MemoryBroker::new()),
-        plugins(),
+        plugins(8),
         runtime(),
         fast_dispatch(),
     )
@@ -258,7 +262,7 @@ async fn healthy_agent_keeps_its_throughput_rabbitmq() {
     let _serial = SERIAL.lock().await;
     let vh = Vhost::new();
     let broker = vh.broker().await;
-    let t = start_on(broker, plugins(), runtime(), fast_dispatch()).await;
+    let t = start_on(broker, plugins(8), runtime(), fast_dispatch()).await;
     healthy_agent_keeps_its_throughput(t).await;
 }
 
@@ -277,7 +281,7 @@ fn rss() -> (u64, u64) {
 async fn runaway_guests_stay_within_the_memory_limit() {
     let _serial = SERIAL.lock().await;
     let limit: u64 = 32 << 20;
-    let mut t = start_in(plugins(), runtime(), fast_dispatch()).await;
+    let mut t = start_in(plugins(32), runtime(), fast_dispatch()).await;
     // Warm up: instances, code, the allocator's arenas.
     dead_letter_of_command(&mut t, "trap").await;
     // Reset the peak so it measures only what follows.

@@ -179,6 +179,29 @@ mod tests {
         assert_eq!(l.instance_mode, InstanceMode::Fresh);
         assert_eq!(l.max_outgoing, 2);
         assert_eq!(l.max_instances, base.max_instances);
+        // An [http] grant; the host's config file then has the last word.
+        std::fs::write(
+            dir.path().join("a.toml"),
+            "[http]\nallow = [\"https://api.example.com\"]\ntimeout_ms = 700\n",
+        )
+        .unwrap();
+        let l = base.clone().with_manifest_for(&wasm).unwrap();
+        let origins: Vec<String> = l.http.origins().collect();
+        assert_eq!(origins, ["https://api.example.com:443"]);
+        assert_eq!(l.http.timeout, Duration::from_millis(700));
+        let l = l
+            .with_http(&HttpOverrides {
+                allow: Some(vec!["http://127.0.0.1:8089".into()]),
+                ..Default::default()
+            })
+            .unwrap();
+        let origins: Vec<String> = l.http.origins().collect();
+        assert_eq!(origins, ["http://127.0.0.1:8089"]);
+        assert_eq!(l.http.timeout, Duration::from_millis(700));
+        assert!(
+            base.http.origins().next().is_none(),
+            "no network by default"
+        );
         std::fs::write(dir.path().join("a.toml"), "[limits]\nmax_memroy_mb = 8\n").unwrap();
         let e = base.with_manifest_for(&wasm).unwrap_err();
         assert!(

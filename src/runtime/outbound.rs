@@ -174,11 +174,13 @@ impl WasiHttpHooks for HttpGate {
                 return Box::new(async { Err(Error::HttpRequestDenied) });
             }
             Err(e) => {
-                tracing::warn!(target: "warren::http", agent, id, conversation, uri = %request.uri(), "outbound request not allowed: {e}");
+                // Not the URI itself: a path or query may carry a key.
+                tracing::warn!(target: "warren::http", agent, id, conversation, "outbound request not allowed: {e}");
                 return Box::new(async { Err(Error::HttpRequestDenied) });
             }
         };
-        tracing::debug!(target: "warren::http", agent, id, conversation, host = %origin, "{} {}", request.method(), request.uri().path());
+        // The origin only: a path (a bot token) or query may carry a secret.
+        tracing::debug!(target: "warren::http", agent, id, conversation, host = %origin, "{} request to {origin}", request.method());
         let grant = self.grant.clone();
         let waited = self.waited.clone();
         Box::new(async move {
