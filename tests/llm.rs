@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -20,41 +20,15 @@ use warren::{Host, HostConfig, MemoryBroker};
 
 const KEY: &str = "sk-mock-5ecret-llm-key";
 
-/// Every log line of this test binary (JSON, debug level for warren).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("info,warren=debug")
-            .json()
-            .with_writer(move || writer.clone())
-            .init();
-        unsafe { std::env::set_var("WARREN_TEST_LLM_KEY", KEY) };
-        logs
-    })
+/// Captures this binary's logs (debug level for warren) and sets the key
+/// the agent's secret is read from.
+fn capture_logs() {
+    logs::capture("info,warren=debug");
+    unsafe { std::env::set_var("WARREN_TEST_LLM_KEY", KEY) };
 }
 
 fn log_lines() -> Vec<String> {
-    let bytes = logs().0.lock().unwrap().clone();
-    String::from_utf8_lossy(&bytes)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    logs::text().lines().map(str::to_string).collect()
 }
 
 /// The section an operator writes for llm_triage: model and endpoint, the
@@ -83,7 +57,7 @@ fn origin(base_url: &str) -> String {
 }
 
 async fn start_triage(section: AgentSection) -> TestHost {
-    logs();
+    capture_logs();
     let config = HostConfig {
         runtime: runtime_config(InstanceMode::Reuse),
         dispatch: fast_dispatch(),
@@ -117,6 +91,21 @@ async fn ask(t: &TestHost, text: &str) -> String {
     id
 }
 
+/// What llm_triage sent for message `id` (panics if it was dead-lettered).
+async fn triage_answer(t: &mut TestHost, id: &str) -> Vec<warren::dispatch::Sent> {
+    t.wait_for(|e| match e {
+        Event::Handled {
+            agent,
+            id: i,
+            outgoing,
+            ..
+        } if agent == "llm_triage" && i == id => Some(outgoing.clone()),
+        Event::DeadLettered { id: i, reason, .. } if i == id => panic!("dead-lettered: {reason}"),
+        _ => None,
+    })
+    .await
+}
+
 fn assert_key_in_no_log_line() {
     let lines = log_lines();
     assert!(!lines.is_empty());
@@ -134,20 +123,7 @@ async fn a_tool_call_becomes_a_handoff_and_the_request_carries_model_and_key() {
     let mut t = start_triage(triage_section(&llm.base_url, &origin(&llm.base_url))).await;
     let id = ask(&t, "I want to talk to agent B.").await;
 
-    let handoff = t
-        .wait_for(|e| match e {
-            Event::Handled {
-                agent,
-                id: i,
-                outgoing,
-                ..
-            } if agent == "llm_triage" && *i == id => Some(outgoing.clone()),
-            Event::DeadLettered { id: i, reason, .. } if *i == id => {
-                panic!("dead-lettered: {reason}")
-            }
-            _ => None,
-        })
-        .await;
+    let handoff = triage_answer(&mut t, &id).await;
     assert_eq!(handoff.len(), 1);
     assert_eq!(handoff[0].to, "agent.agent_b");
     assert_eq!(handoff[0].text, "LLM Triage: transferring you to agent_b.");
@@ -195,20 +171,7 @@ async fn a_text_answer_becomes_the_reply() {
     let llm = mock().await;
     let mut t = start_triage(triage_section(&llm.base_url, &origin(&llm.base_url))).await;
     let id = ask(&t, "What are your opening hours?").await;
-    let reply = t
-        .wait_for(|e| match e {
-            Event::Handled {
-                agent,
-                id: i,
-                outgoing,
-                ..
-            } if agent == "llm_triage" && *i == id => Some(outgoing.clone()),
-            Event::DeadLettered { id: i, reason, .. } if *i == id => {
-                panic!("dead-lettered: {reason}")
-            }
-            _ => None,
-        })
-        .await;
+    let reply = triage_answer(&mut t, &id).await;
     assert_eq!(reply.len(), 1);
     assert!(
         !reply[0].to.starts_with("agent."),
@@ -445,12 +408,7 @@ async fn time_waiting_on_http_does_not_make_a_runaway() {
     section.limits.throttle_after_ms = Some(50);
     let mut t = start_triage(section).await;
     let id = ask(&t, "I want to talk to agent B.").await;
-    t.wait_for(|e| match e {
-        Event::Handled { agent, id: i, .. } if agent == "llm_triage" && *i == id => Some(()),
-        Event::DeadLettered { id: i, reason, .. } if *i == id => panic!("dead-lettered: {reason}"),
-        _ => None,
-    })
-    .await;
+    triage_answer(&mut t, &id).await;
     let status = t.host.status().await.unwrap();
     let triage = status
         .agents

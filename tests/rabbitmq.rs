@@ -525,7 +525,7 @@ fn cli_run_send_status_over_rabbitmq_never_print_the_password() {
             }
         }
         let agents = status["agents"].as_array().expect("status answered");
-        assert_eq!(agents.len(), 3, "{status}");
+        assert_eq!(agents.len(), 4, "{status}");
         for a in agents {
             assert_eq!(a["status"], "active", "{a}");
             assert_eq!(a["consumer_count"], 2, "{a}");

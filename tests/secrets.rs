@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::*;
 use warren::dispatch::user_envelope;
@@ -13,29 +12,9 @@ use warren::runtime::InstanceMode;
 use warren::runtime::settings::AgentSection;
 use warren::{Host, HostConfig, MemoryBroker};
 
-/// Every log line of this test binary, as the JSON formatter writes it.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_never_reaches_a_log_a_dead_letter_or_status() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .json()
-        .with_writer(move || writer.clone())
-        .init();
+    logs::capture("info");
 
     const SECRET: &str = "sk-test-5ecret-value";
     unsafe { std::env::set_var("WARREN_TEST_API_KEY", SECRET) };
@@ -81,7 +60,7 @@ async fn a_secret_never_reaches_a_log_a_dead_letter_or_status() {
     let status = serde_json::to_string(&t.host.status().await.unwrap()).unwrap();
     assert!(!status.contains(SECRET), "{status}");
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs::text();
     assert!(!logs.contains(SECRET), "the secret is in the log:\n{logs}");
     for masked in [
         "the api_key is ***",

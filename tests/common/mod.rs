@@ -2,6 +2,7 @@
 //! folder, and waiting for dispatch events.
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod rabbit;
 
 use std::path::{Path, PathBuf};
