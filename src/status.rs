@@ -62,6 +62,11 @@ pub struct AgentStatus {
     /// Calls that ran guest code past `throttle_after` (the runaway lane).
     #[serde(default)]
     pub runaway_calls: u64,
+    /// Outbound HTTP requests sent, and refused as not allowed.
+    #[serde(default)]
+    pub http_requests: u64,
+    #[serde(default)]
+    pub http_denied: u64,
     /// Guest log lines dropped by the rate limit.
     pub log_lines_dropped: u64,
     /// Why the plugin file could not be (re)loaded, if it could not.
@@ -112,6 +117,8 @@ impl AgentStatus {
             guest_ms: counter(|s| &s.guest_nanos) as f64 / 1e6,
             peak_memory_bytes: counter(|s| &s.peak_memory),
             runaway_calls: counter(|s| &s.runaways),
+            http_requests: counter(|s| &s.http.sent),
+            http_denied: counter(|s| &s.http.denied),
             log_lines_dropped: stats
                 .map(|s| s.log_lines_dropped.load(Ordering::Relaxed))
                 .unwrap_or(0),
@@ -134,6 +141,8 @@ impl AgentStatus {
             guest_ms: 0.0,
             peak_memory_bytes: 0,
             runaway_calls: 0,
+            http_requests: 0,
+            http_denied: 0,
             log_lines_dropped: 0,
             error: None,
             last_error: None,

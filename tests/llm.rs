@@ -106,6 +106,16 @@ async fn triage_answer(t: &mut TestHost, id: &str) -> Vec<warren::dispatch::Sent
     .await
 }
 
+/// llm_triage's line of `warren status`.
+async fn triage_status(t: &TestHost) -> warren::status::AgentStatus {
+    let status = t.host.status().await.unwrap();
+    status
+        .agents
+        .into_iter()
+        .find(|a| a.queue.agent == "llm_triage")
+        .unwrap()
+}
+
 fn assert_key_in_no_log_line() {
     let lines = log_lines();
     assert!(!lines.is_empty());
@@ -163,6 +173,8 @@ async fn a_tool_call_becomes_a_handoff_and_the_request_carries_model_and_key() {
         .map(|t| t["function"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(tools, ["transfer_to_agent_b", "transfer_to_agent_a"]);
+    let triage = triage_status(&t).await;
+    assert_eq!((triage.http_requests, triage.http_denied), (1, 0));
     assert_key_in_no_log_line();
 }
 
@@ -200,6 +212,8 @@ async fn an_origin_not_granted_is_refused_seen_by_the_guest_and_logged() {
         )
     );
     assert!(llm.requests().is_empty(), "nothing may reach the endpoint");
+    let triage = triage_status(&t).await;
+    assert_eq!((triage.http_requests, triage.http_denied), (0, 1));
     let denial = log_lines()
         .into_iter()
         .find(|l| l.contains("not allowed") && l.contains("\"target\":\"warren::http\""))
@@ -409,12 +423,7 @@ async fn time_waiting_on_http_does_not_make_a_runaway() {
     let mut t = start_triage(section).await;
     let id = ask(&t, "I want to talk to agent B.").await;
     triage_answer(&mut t, &id).await;
-    let status = t.host.status().await.unwrap();
-    let triage = status
-        .agents
-        .iter()
-        .find(|a| a.queue.agent == "llm_triage")
-        .unwrap();
+    let triage = triage_status(&t).await;
     assert_eq!(triage.calls, 1);
     assert!(triage.guest_ms >= 400.0, "{triage:?}");
     assert_eq!(triage.runaway_calls, 0, "{triage:?}");

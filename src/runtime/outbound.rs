@@ -135,11 +135,21 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// Requests of one agent version, for `warren status`.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Requests that went out (whatever came back).
+    pub sent: AtomicU64,
+    /// Requests refused: their origin is not on the allow-list.
+    pub denied: AtomicU64,
+}
+
 /// The `wasi:http` hooks of one instance: the gate every request passes.
 pub(crate) struct HttpGate {
     pub agent: Arc<str>,
     pub grant: Arc<HttpGrant>,
     pub call: CallTag,
+    pub counters: Arc<HttpCounters>,
     /// Nanoseconds the running call has spent waiting for responses.
     pub waited: Arc<AtomicU64>,
 }
@@ -169,16 +179,12 @@ impl WasiHttpHooks for HttpGate {
         let agent = &*self.agent;
         let origin = match Origin::of(request.uri()) {
             Ok(o) if self.grant.allows(&o) => o,
-            Ok(o) => {
-                tracing::warn!(target: "warren::http", agent, id, conversation, host = %o, "outbound request to {o} not allowed (not on the agent's http allow-list)");
-                return Box::new(async { Err(Error::HttpRequestDenied) });
-            }
-            Err(e) => {
-                // Not the URI itself: a path or query may carry a key.
-                tracing::warn!(target: "warren::http", agent, id, conversation, "outbound request not allowed: {e}");
-                return Box::new(async { Err(Error::HttpRequestDenied) });
+            refused => {
+                self.counters.denied.fetch_add(1, Ordering::Relaxed);
+                return refuse(refused, agent, id, conversation);
             }
         };
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
         // The origin only: a path (a bot token) or query may carry a secret.
         tracing::debug!(target: "warren::http", agent, id, conversation, host = %origin, "{} request to {origin}", request.method());
         let grant = self.grant.clone();
@@ -212,6 +218,21 @@ impl WasiHttpHooks for HttpGate {
             Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
+}
+
+/// Logs why a request may not go out and answers it with
+/// `HTTP-request-denied`.
+fn refuse(origin: Result<Origin>, agent: &str, id: &str, conversation: &str) -> ResponseFuture {
+    match origin {
+        Ok(o) => {
+            tracing::warn!(target: "warren::http", agent, id, conversation, host = %o, "outbound request to {o} not allowed (not on the agent's http allow-list)");
+        }
+        Err(e) => {
+            // Not the URI itself: a path or query may carry a key.
+            tracing::warn!(target: "warren::http", agent, id, conversation, "outbound request not allowed: {e}");
+        }
+    }
+    Box::new(async { Err(Error::HttpRequestDenied) })
 }
 
 /// The guest's own timeouts, never longer than the grant's.

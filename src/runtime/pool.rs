@@ -102,6 +102,8 @@ pub struct CallStats {
     pub runaways: AtomicU64,
     /// Guest log lines dropped by the rate limit (shared with the instances).
     pub log_lines_dropped: Arc<AtomicU64>,
+    /// Outbound HTTP requests sent and refused (shared with the instances).
+    pub http: Arc<super::outbound::HttpCounters>,
 }
 
 impl CallStats {
@@ -213,11 +215,7 @@ impl AgentPool {
         let config = &self.limits;
         let mut store = Store::new(
             self.runtime.engine(),
-            AgentState::new(
-                self.module.name.as_str().into(),
-                config,
-                self.stats.log_lines_dropped.clone(),
-            ),
+            AgentState::new(self.module.name.as_str().into(), config, &self.stats),
         );
         store.limiter(|s| &mut s.limits);
         // Every epoch tick the guest yields to the executor (behind every

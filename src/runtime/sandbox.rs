@@ -23,6 +23,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::bindings::{Level, warren::agent};
 use super::manifest::AgentLimits;
 use super::outbound::HttpGate;
+use super::pool::CallStats;
 use super::settings::AgentSettings;
 
 /// Longest captured output line; longer lines are cut (a guest must not be
@@ -107,10 +108,10 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn new(agent: Arc<str>, limits: &AgentLimits, dropped_log_lines: Arc<AtomicU64>) -> Self {
+    pub fn new(agent: Arc<str>, limits: &AgentLimits, stats: &CallStats) -> Self {
         let settings = limits.settings.clone();
         let last_stderr = Arc::new(Mutex::new(Vec::new()));
-        let log_budget = LogBudget::new(dropped_log_lines);
+        let log_budget = LogBudget::new(stats.log_lines_dropped.clone());
         let call = CallTag::default();
         // stdout and stderr share the agent's log budget, message tag and
         // secrets; only stderr keeps its last lines for trap reasons.
@@ -147,6 +148,7 @@ impl AgentState {
                 agent: agent.clone(),
                 grant: limits.http.clone(),
                 call: call.clone(),
+                counters: stats.http.clone(),
                 waited: Arc::default(),
             },
             agent,
