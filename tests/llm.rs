@@ -428,3 +428,25 @@ async fn time_waiting_on_http_does_not_make_a_runaway() {
     assert!(triage.guest_ms >= 400.0, "{triage:?}");
     assert_eq!(triage.runaway_calls, 0, "{triage:?}");
 }
+
+/// A key the endpoint refuses will not get better by retrying: the message
+/// is dead-lettered at once with the endpoint's reason (and no key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_dead_letters_with_the_endpoint_reason() {
+    let llm = mock().await;
+    let mut section = triage_section(&llm.base_url, &origin(&llm.base_url));
+    unsafe { std::env::set_var("WARREN_TEST_WRONG_KEY", "sk-wrong-key-0000") };
+    section.secrets = [(
+        "api_key".to_string(),
+        "env:WARREN_TEST_WRONG_KEY".to_string(),
+    )]
+    .into();
+    let mut t = start_triage(section).await;
+    let id = ask(&t, "I want to talk to agent B.").await;
+    assert_eq!(
+        t.dead_letter_of(&id).await,
+        "rejected by agent: the model endpoint answered 401: Incorrect API key provided"
+    );
+    assert_eq!(llm.requests().len(), 1, "rejected, not retried");
+    assert!(log_lines().iter().all(|l| !l.contains("sk-wrong-key-0000")));
+}
