@@ -216,7 +216,7 @@ async fn an_origin_not_granted_is_refused_seen_by_the_guest_and_logged() {
     assert_eq!((triage.http_requests, triage.http_denied), (0, 1));
     let denial = log_lines()
         .into_iter()
-        .find(|l| l.contains("not allowed") && l.contains("\"target\":\"warren::http\""))
+        .find(|l| l.contains("not allowed") && l.contains("\"target\":\"warren::outbound\""))
         .expect("the host logs the refusal");
     let line: serde_json::Value = serde_json::from_str(&denial).unwrap();
     assert_eq!(line["fields"]["agent"], "llm_triage");

@@ -186,7 +186,7 @@ impl WasiHttpHooks for HttpGate {
         };
         self.counters.sent.fetch_add(1, Ordering::Relaxed);
         // The origin only: a path (a bot token) or query may carry a secret.
-        tracing::debug!(target: "warren::http", agent, id, conversation, host = %origin, "{} request to {origin}", request.method());
+        tracing::debug!(target: "warren::outbound", agent, id, conversation, host = %origin, "{} request to {origin}", request.method());
         let grant = self.grant.clone();
         let waited = self.waited.clone();
         Box::new(async move {
@@ -225,11 +225,11 @@ impl WasiHttpHooks for HttpGate {
 fn refuse(origin: Result<Origin>, agent: &str, id: &str, conversation: &str) -> ResponseFuture {
     match origin {
         Ok(o) => {
-            tracing::warn!(target: "warren::http", agent, id, conversation, host = %o, "outbound request to {o} not allowed (not on the agent's http allow-list)");
+            tracing::warn!(target: "warren::outbound", agent, id, conversation, host = %o, "outbound request to {o} not allowed (not on the agent's http allow-list)");
         }
         Err(e) => {
             // Not the URI itself: a path or query may carry a key.
-            tracing::warn!(target: "warren::http", agent, id, conversation, "outbound request not allowed: {e}");
+            tracing::warn!(target: "warren::outbound", agent, id, conversation, "outbound request not allowed: {e}");
         }
     }
     Box::new(async { Err(Error::HttpRequestDenied) })
