@@ -161,6 +161,11 @@ async fn a_tool_call_becomes_a_handoff_and_the_request_carries_model_and_key() {
     );
     assert_eq!(r.body["model"], "gpt-mock-1");
     assert_eq!(r.body["messages"][0]["role"], "system");
+    let system = r.body["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.ends_with(r#"Context variables: {"user":"hal"}"#),
+        "{system}"
+    );
     assert_eq!(r.body["messages"][1]["role"], "user");
     assert_eq!(
         r.body["messages"][1]["content"],

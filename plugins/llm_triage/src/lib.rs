@@ -121,9 +121,16 @@ impl Settings {
     }
 }
 
-/// The system prompt, then the conversation so far.
+/// The system prompt (with the context variables, as Swarm gives them to
+/// its agents' instructions), then the conversation so far.
 fn conversation(msg: &Message, prompt: &str) -> Vec<Value> {
-    let mut messages = vec![json!({"role": "system", "content": prompt})];
+    let system = match msg.context_map() {
+        Ok(context) if !context.is_empty() => {
+            format!("{prompt}\n\nContext variables: {}", Value::Object(context))
+        }
+        _ => prompt.to_string(),
+    };
+    let mut messages = vec![json!({"role": "system", "content": system})];
     messages.extend(
         msg.messages
             .iter()
