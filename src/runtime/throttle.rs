@@ -1,7 +1,8 @@
 //! The runaway lane: CPU fairness for calls that overrun.
 //!
 //! A message handler normally answers in micro- to milliseconds. A call still
-//! running guest code past its agent's `throttle_after` is treated as a
+//! running guest code past its agent's `throttle_after` (not counting time
+//! spent waiting on outbound HTTP, see `outbound`) is treated as a
 //! runaway: from then on it only runs in slices handed out by one lane shared
 //! by the whole host, one epoch tick in every [`SLICE_EVERY`]. However many
 //! guests spin at once, together they get at most that share of one core
