@@ -5,7 +5,10 @@
 //! Dispatch counts on the hot path through [`AgentMetrics`], a set of handles
 //! fetched once per consumer (an increment is one atomic add, no label
 //! lookup). Values that already live elsewhere (instance pools, plugin
-//! counters, the broker's reconnects) are read when scraped.
+//! counters, the broker's reconnects) are read when scraped. Counts kept by
+//! an agent version's pool (its outbound HTTP requests) are labelled with
+//! the version too: each version's series only grows, and a swapped-out
+//! version's stays at its last value, so `sum by (agent)` is the total.
 
 use std::sync::atomic::Ordering;
 
@@ -33,6 +36,12 @@ pub struct FailureLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub agent: String,
+    pub version: String,
+}
+
 type Histograms = Family<AgentLabel, Histogram, fn() -> Histogram>;
 
 fn seconds_histogram() -> Histogram {
@@ -53,6 +62,8 @@ pub struct Metrics {
     processing_seconds: Histograms,
     in_flight: Family<AgentLabel, Gauge>,
     instances: Family<AgentLabel, Gauge>,
+    http_requests: Family<VersionLabels, Counter>,
+    http_denied: Family<VersionLabels, Counter>,
     connected: Gauge,
     reconnects: Counter,
     loads: Counter,
@@ -109,6 +120,8 @@ impl Metrics {
             processing_seconds: Family::new_with_constructor(seconds_histogram),
             in_flight: Family::default(),
             instances: Family::default(),
+            http_requests: Family::default(),
+            http_denied: Family::default(),
             connected: Gauge::default(),
             reconnects: Counter::default(),
             loads: Counter::default(),
@@ -164,6 +177,16 @@ impl Metrics {
             "instances_idle",
             "Idle instances kept for reuse",
             m.instances.clone(),
+        );
+        r.register(
+            "http_requests",
+            "Outbound HTTP requests the agent sent (to origins it was granted)",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_denied",
+            "Outbound HTTP requests refused: origin not on the agent's allow-list",
+            m.http_denied.clone(),
         );
         r.register(
             "broker_connected",
@@ -245,6 +268,13 @@ impl Metrics {
                     agent: pool.name().to_string(),
                 })
                 .set(pool.idle_instances() as i64);
+            let version = VersionLabels {
+                agent: pool.name().to_string(),
+                version: pool.version().to_string(),
+            };
+            let http = &pool.stats().http;
+            catch_up(&self.http_requests.get_or_create(&version), get(&http.sent));
+            catch_up(&self.http_denied.get_or_create(&version), get(&http.denied));
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

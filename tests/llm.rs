@@ -116,6 +116,17 @@ async fn triage_status(t: &TestHost) -> warren::status::AgentStatus {
         .unwrap()
 }
 
+/// The value of llm_triage's sample `name` in `/metrics` (one version).
+fn triage_metric(t: &TestHost, name: &str) -> String {
+    let text = t.host.metrics_text();
+    let prefix = format!("{name}{{agent=\"llm_triage\",version=");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"));
+    line.rsplit(' ').next().unwrap().to_string()
+}
+
 fn assert_key_in_no_log_line() {
     let lines = log_lines();
     assert!(!lines.is_empty());
@@ -180,6 +191,8 @@ async fn a_tool_call_becomes_a_handoff_and_the_request_carries_model_and_key() {
     assert_eq!(tools, ["transfer_to_agent_b", "transfer_to_agent_a"]);
     let triage = triage_status(&t).await;
     assert_eq!((triage.http_requests, triage.http_denied), (1, 0));
+    assert_eq!(triage_metric(&t, "warren_http_requests_total"), "1");
+    assert_eq!(triage_metric(&t, "warren_http_denied_total"), "0");
     assert_key_in_no_log_line();
 }
 
@@ -219,6 +232,8 @@ async fn an_origin_not_granted_is_refused_seen_by_the_guest_and_logged() {
     assert!(llm.requests().is_empty(), "nothing may reach the endpoint");
     let triage = triage_status(&t).await;
     assert_eq!((triage.http_requests, triage.http_denied), (0, 1));
+    assert_eq!(triage_metric(&t, "warren_http_requests_total"), "0");
+    assert_eq!(triage_metric(&t, "warren_http_denied_total"), "1");
     let denial = log_lines()
         .into_iter()
         .find(|l| l.contains("not allowed") && l.contains("\"target\":\"warren::outbound\""))
