@@ -99,10 +99,10 @@ js_tools() {
   echo "$dir/node_modules/.bin/jco"
 }
 
-# build_python SRC OUT: SRC/app.py (plus sdk/python) -> OUT
+# build_python SRC OUT [WORLD]: SRC/app.py (plus sdk/python) -> OUT
 build_python() {
-  local src=$1 out=$2
-  "$componentize_py" -d "$root/wit" -w agent componentize app -p "$src" -p "$root/sdk/python" -o "$out" >/dev/null
+  local src=$1 out=$2 world=${3:-agent}
+  "$componentize_py" -d "$root/wit" -w "$world" componentize app -p "$src" -p "$root/sdk/python" -o "$out" >/dev/null
   echo "built $out ($(stat -c %s "$out") bytes, componentize-py)"
 }
 
@@ -124,6 +124,8 @@ for a in agent_a agent_b echo; do
   build_python plugins/python/$a plugins/python/$a.wasm
   build_js plugins/js/$a plugins/js/$a.wasm
 done
+# The LLM agent needs outbound HTTP: world agent-http (agent + wasi:http).
+build_python plugins/python/llm_triage plugins/python/llm_triage.wasm agent-http
 build_python tests/fixtures/conformance/python tests/fixtures/python/conformance.wasm
 build_js tests/fixtures/conformance/js tests/fixtures/js/conformance.wasm
 

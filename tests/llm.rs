@@ -57,6 +57,11 @@ fn origin(base_url: &str) -> String {
 }
 
 async fn start_triage(section: AgentSection) -> TestHost {
+    start_triage_build(section, &guest("llm_triage")).await
+}
+
+/// A host with agent_b and `build` as llm_triage.
+async fn start_triage_build(section: AgentSection, build: &std::path::Path) -> TestHost {
     capture_logs();
     let config = HostConfig {
         runtime: runtime_config(InstanceMode::Reuse),
@@ -66,11 +71,13 @@ async fn start_triage(section: AgentSection) -> TestHost {
     };
     let broker = Arc::new(MemoryBroker::new());
     let host = Host::new(config, broker.clone()).unwrap();
+    let dir = plugins_dir(&["agent_b"]);
+    std::fs::copy(build, dir.path().join("llm_triage.wasm")).unwrap();
     let t = TestHost {
         events: host.events(),
         host,
         broker,
-        dir: plugins_dir(&["llm_triage", "agent_b"]),
+        dir,
     };
     t.host.load_dir(t.dir.path()).await.unwrap();
     t
@@ -469,4 +476,76 @@ async fn a_refused_key_dead_letters_with_the_endpoint_reason() {
     );
     assert_eq!(llm.requests().len(), 1, "rejected, not retried");
     assert!(log_lines().iter().all(|l| !l.contains("sk-wrong-key-0000")));
+}
+
+/// The Python llm_triage (componentize-py, world `agent-http`) sends the
+/// same requests and gives the same answers as the Rust one: a handoff, a
+/// reply, a refusal, and a key the endpoint refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_llm_triage_behaves_as_the_rust_one() {
+    let python = root().join("plugins/python/llm_triage.wasm");
+    assert!(
+        python.exists(),
+        "{} is not built: run scripts/build-guests.sh (it installs componentize-py)",
+        python.display()
+    );
+    let mut seen = Vec::new();
+    for build in [guest("llm_triage"), python] {
+        let llm = mock().await;
+        let granted = triage_section(&llm.base_url, &origin(&llm.base_url));
+        let mut t = start_triage_build(granted.clone(), &build).await;
+        let mut answers = Vec::new();
+        for text in ["I want to talk to agent B.", "What are your opening hours?"] {
+            let id = ask(&t, text).await;
+            let sent = triage_answer(&mut t, &id).await;
+            answers.push(serde_json::json!([
+                sent[0].to.starts_with("agent."),
+                sent[0].text
+            ]));
+        }
+        let mut refused = granted.clone();
+        refused.http.allow = Some(vec!["http://127.0.0.1:9".into()]);
+        let mut wrong_key = granted;
+        unsafe { std::env::set_var("WARREN_TEST_WRONG_KEY", "sk-wrong-key-0000") };
+        wrong_key.secrets = [(
+            "api_key".to_string(),
+            "env:WARREN_TEST_WRONG_KEY".to_string(),
+        )]
+        .into();
+        for section in [refused, wrong_key] {
+            let mut t = start_triage_build(section, &build).await;
+            let id = ask(&t, "I want to talk to agent B.").await;
+            let reason = t.dead_letter_of(&id).await;
+            answers.push(serde_json::json!(
+                reason.replace(&origin(&llm.base_url), "ORIGIN")
+            ));
+        }
+        let requests: Vec<serde_json::Value> = llm
+            .requests()
+            .into_iter()
+            .map(|r| serde_json::json!([r.authorization, r.body]))
+            .collect();
+        seen.push((build, answers, requests));
+    }
+    let (rust, python) = (&seen[0], &seen[1]);
+    assert_eq!(
+        rust.1,
+        python.1,
+        "answers of {} and {}",
+        rust.0.display(),
+        python.0.display()
+    );
+    assert_eq!(
+        rust.2,
+        python.2,
+        "requests of {} and {}",
+        rust.0.display(),
+        python.0.display()
+    );
+    assert_eq!(
+        rust.2.len(),
+        3,
+        "two answered, one refused key; the refused origin sent none"
+    );
+    assert_key_in_no_log_line();
 }

@@ -19,7 +19,14 @@ from typing import Any, Dict, List, Optional
 
 from componentize_py_types import Err
 from wit_world.imports import config as _config
-from wit_world.imports import host, types
+from wit_world.imports import host
+
+try:
+    from wit_world.imports import types
+except ImportError:
+    # World `agent-http`: wasi:http has a `types` interface too, so
+    # componentize-py names ours after its package.
+    from wit_world.imports import warren_agent_types as types
 
 __all__ = [
     "reply", "handoff", "retry", "reject", "context", "last_user_text", "get_config",
