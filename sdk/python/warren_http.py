@@ -71,15 +71,18 @@ def send(method: str, url: str, headers: Dict[str, str], body: bytes = b"") -> R
         future = outgoing_handler.handle(request, None)
     except Err as e:
         raise _error(url, e.value)
+    # A refused or failed request says why on its response.
     try:
         stream = outgoing.write()
-        for i in range(0, len(body), 4096):
+        for i in range(0, len(body), 4096):  # at most 4096 bytes a call
             stream.blocking_write_and_flush(body[i:i + 4096])
         stream.__exit__(None, None, None)
+    except Err as e:
+        raise _response_error(url, future) or _failed(url, _stream_error(e.value))
+    try:
         http.OutgoingBody.finish(outgoing, None)
     except Err as e:
-        # A refused request says why on its response.
-        raise _response_error(url, future) or _failed(url, repr(e.value))
+        raise _response_error(url, future) or _error(url, e.value)
     response = _wait(url, future)
     status = response.status()
     incoming = response.consume()
