@@ -197,7 +197,11 @@ async fn healthy_agent_keeps_its_throughput(t: TestHost) {
     let mut before = baseline_rate(&t, Duration::from_secs(1)).await;
     let mut ratios = Vec::new();
     let mut checked = false;
-    for round in 1..=5 {
+    // Seven rounds: on two cores shared with RabbitMQ a single window can
+    // dip (a broker flush, a GC) whatever chaos does; the median of seven
+    // is steady where the median of five was not.
+    const ROUNDS: usize = 7;
+    for round in 1..=ROUNDS {
         let (faulty, window, ids) = faulty_round(&t).await;
         let after = baseline_rate(&t, window).await;
         let ratio = faulty / ((before + after) / 2.0);
@@ -227,7 +231,7 @@ async fn healthy_agent_keeps_its_throughput(t: TestHost) {
     load.stop().await;
     assert!(handled(&t) > 0);
     ratios.sort_by(f64::total_cmp);
-    let median = ratios[2];
+    let median = ratios[ROUNDS / 2];
     assert!(
         median >= 0.9,
         "the healthy agent slowed to {median:.3} of its throughput while chaos failed (rounds: {ratios:?})"
