@@ -51,6 +51,11 @@ fn triage_section(base_url: &str, allow: &str) -> AgentSection {
     }
 }
 
+/// The section for llm_triage against `llm`, its origin granted.
+fn granted(llm: &MockLlm) -> AgentSection {
+    triage_section(&llm.base_url, &origin(&llm.base_url))
+}
+
 /// `http://127.0.0.1:PORT` of a base URL.
 fn origin(base_url: &str) -> String {
     base_url.trim_end_matches("/v1").to_string()
@@ -123,15 +128,22 @@ async fn triage_status(t: &TestHost) -> warren::status::AgentStatus {
         .unwrap()
 }
 
-/// The value of llm_triage's sample `name` in `/metrics` (one version).
-fn triage_metric(t: &TestHost, name: &str) -> String {
+/// llm_triage's HTTP requests sent and refused, as status and `/metrics`
+/// (one version) both count them.
+async fn assert_http_counts(t: &TestHost, sent: u64, denied: u64) {
+    let triage = triage_status(t).await;
+    assert_eq!((triage.http_requests, triage.http_denied), (sent, denied));
     let text = t.host.metrics_text();
-    let prefix = format!("{name}{{agent=\"llm_triage\",version=");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"));
-    line.rsplit(' ').next().unwrap().to_string()
+    let sample = |name: &str| {
+        let prefix = format!("{name}{{agent=\"llm_triage\",version=");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    assert_eq!(sample("warren_http_requests_total"), sent);
+    assert_eq!(sample("warren_http_denied_total"), denied);
 }
 
 fn assert_key_in_no_log_line() {
@@ -148,7 +160,7 @@ fn assert_key_in_no_log_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tool_call_becomes_a_handoff_and_the_request_carries_model_and_key() {
     let llm = mock().await;
-    let mut t = start_triage(triage_section(&llm.base_url, &origin(&llm.base_url))).await;
+    let mut t = start_triage(granted(&llm)).await;
     let id = ask(&t, "I want to talk to agent B.").await;
 
     let handoff = triage_answer(&mut t, &id).await;
@@ -196,17 +208,14 @@ async fn a_tool_call_becomes_a_handoff_and_the_request_carries_model_and_key() {
         .map(|t| t["function"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(tools, ["transfer_to_agent_b", "transfer_to_agent_a"]);
-    let triage = triage_status(&t).await;
-    assert_eq!((triage.http_requests, triage.http_denied), (1, 0));
-    assert_eq!(triage_metric(&t, "warren_http_requests_total"), "1");
-    assert_eq!(triage_metric(&t, "warren_http_denied_total"), "0");
+    assert_http_counts(&t, 1, 0).await;
     assert_key_in_no_log_line();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_answer_becomes_the_reply() {
     let llm = mock().await;
-    let mut t = start_triage(triage_section(&llm.base_url, &origin(&llm.base_url))).await;
+    let mut t = start_triage(granted(&llm)).await;
     let id = ask(&t, "What are your opening hours?").await;
     let reply = triage_answer(&mut t, &id).await;
     assert_eq!(reply.len(), 1);
@@ -237,10 +246,7 @@ async fn an_origin_not_granted_is_refused_seen_by_the_guest_and_logged() {
         )
     );
     assert!(llm.requests().is_empty(), "nothing may reach the endpoint");
-    let triage = triage_status(&t).await;
-    assert_eq!((triage.http_requests, triage.http_denied), (0, 1));
-    assert_eq!(triage_metric(&t, "warren_http_requests_total"), "0");
-    assert_eq!(triage_metric(&t, "warren_http_denied_total"), "1");
+    assert_http_counts(&t, 0, 1).await;
     let denial = log_lines()
         .into_iter()
         .find(|l| l.contains("not allowed") && l.contains("\"target\":\"warren::outbound\""))
@@ -461,7 +467,7 @@ async fn time_waiting_on_http_does_not_make_a_runaway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_key_dead_letters_with_the_endpoint_reason() {
     let llm = mock().await;
-    let mut section = triage_section(&llm.base_url, &origin(&llm.base_url));
+    let mut section = granted(&llm);
     unsafe { std::env::set_var("WARREN_TEST_WRONG_KEY", "sk-wrong-key-0000") };
     section.secrets = [(
         "api_key".to_string(),
@@ -492,7 +498,7 @@ async fn the_python_llm_triage_behaves_as_the_rust_one() {
     let mut seen = Vec::new();
     for build in [guest("llm_triage"), python] {
         let llm = mock().await;
-        let granted = triage_section(&llm.base_url, &origin(&llm.base_url));
+        let granted = granted(&llm);
         let mut t = start_triage_build(granted.clone(), &build).await;
         let mut answers = Vec::new();
         for text in ["I want to talk to agent B.", "What are your opening hours?"] {
