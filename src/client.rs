@@ -87,7 +87,13 @@ pub async fn send(
         }
         bail!("the reply queue closed before a reply came")
     };
-    match tokio::time::timeout(timeout, wait_for_reply).await {
+    let waited = tokio::time::timeout(timeout, wait_for_reply).await;
+    // The reply queue goes with its consumer (on RabbitMQ it outlives a
+    // reconnect, so it is deleted here rather than with the connection).
+    if let Some((_, consumer)) = replies {
+        consumer.stop().await;
+    }
+    match waited {
         Ok(reply) => Ok(SendOutcome {
             id,
             agent,

@@ -145,7 +145,8 @@ pub fn merge_into_args(
             .get_arguments()
             .find(|a| a.get_id() == key.as_str())
             .unwrap();
-        let flag = OsString::from(format!("--{}", arg.get_long().unwrap()));
+        let long = arg.get_long().unwrap();
+        let flag = OsString::from(format!("--{long}"));
         let values: Vec<String> = match value {
             toml::Value::Boolean(true) => {
                 argv.push(flag);
@@ -155,9 +156,10 @@ pub fn merge_into_args(
             toml::Value::Array(items) => items.iter().map(scalar).collect::<Result<_>>()?,
             v => vec![scalar(v)?],
         };
+        // `--name=value`, one argument: a value such as `-5` must reach the
+        // option's parser, not be taken for a flag.
         for v in values {
-            argv.push(flag.clone());
-            argv.push(v.into());
+            argv.push(format!("--{long}={v}").into());
         }
     }
     Ok(argv)

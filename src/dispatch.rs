@@ -12,7 +12,21 @@
 //! | trap / deadline / memory limit        | retry on a fresh instance `trap_retries` times, then dead-letter |
 //! | undecodable body, invalid output      | dead-letter at once (retrying cannot help)  |
 //! | more than `max_hops` hops             | dead-letter as a loop                       |
+//! | unreadable hop count header           | dead-letter (counted as over the hop limit) |
+//! | agent not loaded (being removed)      | back to its queue, no attempt used          |
 //! | publishing failed (broker trouble)    | `retry`: outgoing ids are deterministic, so a retry re-publishes the same ids |
+//! | settling failed                       | logged, counted; the transport gives the message back (never held) |
+//!
+//! Attempts and traps are counted apart: `max_attempts` bounds deliveries
+//! that end in `retry` (agent-requested, or publishing trouble); a trap gets
+//! its `trap_retries` on a fresh instance whatever the attempt count. The
+//! default schedule (`backoff`: 500 ms doubling, equal jitter, 30 s cap,
+//! 10 attempts) waits between 61 and 122 s in all before dead-lettering, so
+//! an endpoint that rate-limits for a minute does not cost the message.
+//!
+//! An attempt count set by an outside publisher is trusted only within the
+//! configured budget: above `max_attempts + trap_retries` (which warren never
+//! produces) it counts as a first attempt, with a warning.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::broker::{
-    Broker, Consumer, Delivery, Envelope, HEADER_AGENT_VERSION, Route, Unroutable,
+    Broker, Consumer, Delivery, Envelope, HEADER_AGENT_VERSION, HEADER_BAD, HEADER_DESTINATION,
+    HEADER_TRAPS, Route, Unroutable, bounded,
 };
 use crate::metrics::{AgentMetrics, Metrics};
 use crate::names;
@@ -37,6 +52,18 @@ use crate::wire::{self, Body};
 
 /// The queue that takes replies of conversations started without a reply-to.
 pub const REPLIES_QUEUE: &str = "warren_replies";
+
+/// Longest failure reason kept (headers, status, logs); an agent's error
+/// text can be any length.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// How long a delivery for an agent that is being unloaded waits before it
+/// goes back to its queue (its consumers are stopping).
+const NOT_LOADED_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long after a failed settlement an agent counts as in trouble
+/// (`/readyz`, status).
+pub const SETTLE_TROUBLE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Retry and loop policy.
 #[derive(Debug, Clone)]
@@ -69,10 +96,10 @@ pub struct DispatchConfig {
 impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
-            max_attempts: 5,
+            max_attempts: 10,
             trap_retries: 1,
             max_hops: 16,
-            backoff_base: Duration::from_millis(200),
+            backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
             consumers_per_agent: 4,
             in_flight_per_consumer: 8,
@@ -134,6 +161,17 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     /// Per agent, the latest reason a message was retried or dead-lettered.
     last_errors: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Per agent, failed settlements: how many, the latest reason and when.
+    settle_failures: std::sync::Mutex<std::collections::HashMap<String, SettleTrouble>>,
+}
+
+/// An agent whose messages could not be settled (e.g. its dead-letter
+/// queue cannot be declared): loud in status, `/readyz` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct SettleTrouble {
+    pub count: u64,
+    pub reason: String,
+    pub at: std::time::Instant,
 }
 
 impl Dispatcher {
@@ -150,6 +188,7 @@ impl Dispatcher {
             events: broadcast::channel(1024).0,
             metrics,
             last_errors: Default::default(),
+            settle_failures: Default::default(),
         }
     }
 
@@ -164,6 +203,28 @@ impl Dispatcher {
     /// The latest reason a message of `agent` was retried or dead-lettered.
     pub fn last_error(&self, agent: &str) -> Option<String> {
         self.last_errors.lock().unwrap().get(agent).cloned()
+    }
+
+    /// Failed settlements of `agent` within [`SETTLE_TROUBLE_WINDOW`].
+    pub fn settle_trouble(&self, agent: &str) -> Option<SettleTrouble> {
+        self.settle_failures
+            .lock()
+            .unwrap()
+            .get(agent)
+            .filter(|t| t.at.elapsed() < SETTLE_TROUBLE_WINDOW)
+            .cloned()
+    }
+
+    fn note_settle_failure(&self, agent: &str, reason: String) {
+        let mut all = self.settle_failures.lock().unwrap();
+        let entry = all.entry(agent.to_string()).or_insert(SettleTrouble {
+            count: 0,
+            reason: String::new(),
+            at: std::time::Instant::now(),
+        });
+        entry.count += 1;
+        entry.reason = reason;
+        entry.at = std::time::Instant::now();
     }
 
     fn note_error(&self, agent: &str, reason: &str) {
@@ -224,7 +285,20 @@ impl Dispatcher {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    async fn handle_inner(&self, agent: &str, m: &AgentMetrics, delivery: Delivery) {
+    async fn handle_inner(&self, agent: &str, m: &AgentMetrics, mut delivery: Delivery) {
+        if delivery.already_handled().await {
+            let id = delivery.envelope.id.clone();
+            info!(
+                agent,
+                id,
+                "redelivery of a message already handled (its ack was lost in a reconnect): acked, not handled twice"
+            );
+            if let Err(e) = delivery.ack().await {
+                debug!(agent, id, "acking a redelivered duplicate: {e:#}");
+            }
+            return;
+        }
+        self.distrust_outside_counts(agent, &mut delivery.envelope);
         let id = delivery.envelope.id.clone();
         let conversation = delivery.envelope.conversation_id.clone();
         let attempt = delivery.envelope.attempt;
@@ -253,32 +327,62 @@ impl Dispatcher {
                     Err(e) => {
                         m.failure("publish");
                         let reason = format!("publishing its output failed: {e:#}");
-                        self.retry_or_dead_letter(
-                            agent,
-                            m,
-                            delivery,
-                            reason,
-                            self.config.max_attempts,
-                        )
-                        .await
+                        self.retry_or_dead_letter(agent, m, delivery, reason, false)
+                            .await
                     }
                 }
             }
-            Verdict::Retry { reason, budget } => {
-                self.retry_or_dead_letter(agent, m, delivery, reason, budget)
+            Verdict::Retry { reason, trap } => {
+                self.retry_or_dead_letter(agent, m, delivery, reason, trap)
                     .await
+            }
+            Verdict::Requeue(reason) => {
+                debug!(agent, id, "{reason}: back to the queue");
+                tokio::time::sleep(NOT_LOADED_PAUSE).await;
+                // Dropped unsettled: the transport gives it back to its queue.
+                drop(delivery);
+                Ok(())
             }
             Verdict::DeadLetter(reason) => self.dead_letter(agent, m, delivery, reason).await,
         };
         if let Err(e) = settled {
+            let reason = bounded(&format!("{e:#}"), MAX_REASON_BYTES).into_owned();
             warn!(
                 agent,
-                id, conversation, "settling the message failed (it will be redelivered): {e:#}"
+                id, conversation, "settling the message failed: {reason}"
             );
+            m.failure("settle");
+            self.note_settle_failure(agent, reason);
+        }
+    }
+
+    /// Counts an outside publisher may have set, checked: an attempt count
+    /// beyond what warren ever produces is a first attempt; a trap count
+    /// beyond the budget is capped to it.
+    fn distrust_outside_counts(&self, agent: &str, env: &mut Envelope) {
+        let most = self.config.max_attempts.max(1) + self.config.trap_retries;
+        if env.attempt > most {
+            warn!(
+                agent,
+                id = env.id,
+                "x-warren-attempt {} is beyond what this host produces (max {most}): counted as a first attempt",
+                env.attempt
+            );
+            env.attempt = 1;
+        }
+        if let Some(traps) = env.headers.get(HEADER_TRAPS) {
+            let traps = traps.parse::<u32>().unwrap_or(0).min(self.config.trap_retries + 1);
+            env.headers.insert(HEADER_TRAPS.to_string(), traps.to_string());
         }
     }
 
     async fn decide(&self, agent: &str, m: &AgentMetrics, env: &Envelope) -> Verdict {
+        if let Some(bad) = env.headers.get(HEADER_BAD) {
+            m.failure("bad-header");
+            return Verdict::DeadLetter(format!(
+                "bad header: {bad} is not a hop count (a whole number 0..=4294967295); counted as over the hop limit"
+            ));
+        }
         if env.hops > self.config.max_hops {
             m.failure("hop-limit");
             return Verdict::DeadLetter(format!(
@@ -291,10 +395,7 @@ impl Dispatcher {
         let Some(pool) = self.registry.get(agent) else {
             // Unloaded between delivery and now (hot swap): try again later.
             m.failure("not-loaded");
-            return Verdict::Retry {
-                reason: format!("agent `{agent}` is not loaded"),
-                budget: self.config.max_attempts,
-            };
+            return Verdict::Requeue(format!("agent `{agent}` is not loaded"));
         };
         let limits = pool.limits();
         if env.body.len() > limits.max_message_bytes {
@@ -341,7 +442,7 @@ impl Dispatcher {
                 m.failure("retry");
                 Verdict::Retry {
                     reason: format!("agent asked to retry: {reason}"),
-                    budget: self.config.max_attempts,
+                    trap: false,
                 }
             }
             Ok(Err(Failure::Reject(reason))) => {
@@ -352,7 +453,7 @@ impl Dispatcher {
                 m.failure(guest.kind.label());
                 Verdict::Retry {
                     reason: format!("guest failed: {guest}"),
-                    budget: 1 + self.config.trap_retries,
+                    trap: true,
                 }
             }
         }
@@ -384,9 +485,11 @@ impl Dispatcher {
                         conversation = p.envelope.conversation_id,
                         "{reason}; dead-lettered"
                     );
-                    self.broker
-                        .dead_letter(agent, p.envelope.clone(), &reason)
-                        .await?;
+                    // Remembered so that a replay goes where it was going.
+                    let mut kept = p.envelope.clone();
+                    kept.headers
+                        .insert(HEADER_DESTINATION.to_string(), p.route.tag());
+                    self.broker.dead_letter(agent, kept, &reason).await?;
                     self.emit(Event::DeadLettered {
                         agent: agent.into(),
                         id: p.envelope.id.clone(),
@@ -403,12 +506,31 @@ impl Dispatcher {
         &self,
         agent: &str,
         m: &AgentMetrics,
-        delivery: Delivery,
+        mut delivery: Delivery,
         reason: String,
-        budget: u32,
+        trap: bool,
     ) -> Result<()> {
+        let reason = bounded(&reason, MAX_REASON_BYTES).into_owned();
         let attempt = delivery.envelope.attempt;
-        if attempt >= budget {
+        if trap {
+            let traps = delivery
+                .envelope
+                .headers
+                .get(HEADER_TRAPS)
+                .and_then(|t| t.parse::<u32>().ok())
+                .unwrap_or(0)
+                + 1;
+            if traps > self.config.trap_retries {
+                let reason = format!(
+                    "{reason} (gave up after {attempt} attempts, {traps} of them traps)"
+                );
+                return self.dead_letter(agent, m, delivery, reason).await;
+            }
+            delivery
+                .envelope
+                .headers
+                .insert(HEADER_TRAPS.to_string(), traps.to_string());
+        } else if attempt >= self.config.max_attempts {
             let reason = format!("{reason} (gave up after {attempt} attempts)");
             return self.dead_letter(agent, m, delivery, reason).await;
         }
@@ -442,6 +564,7 @@ impl Dispatcher {
         delivery: Delivery,
         reason: String,
     ) -> Result<()> {
+        let reason = bounded(&reason, MAX_REASON_BYTES).into_owned();
         let id = delivery.envelope.id.clone();
         warn!(
             agent,
@@ -466,11 +589,14 @@ enum Verdict {
         planned: Vec<Planned>,
         version: String,
     },
-    /// Retry while `attempt < budget`, then dead-letter.
+    /// Retry while the budget lasts (`max_attempts`, or for a trap
+    /// `trap_retries`), then dead-letter.
     Retry {
         reason: String,
-        budget: u32,
+        trap: bool,
     },
+    /// Back to the queue without using an attempt.
+    Requeue(String),
     DeadLetter(String),
 }
 

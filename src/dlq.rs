@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, DeadLetter};
+use crate::broker::{Broker, DeadLetter, Replayed};
 
 /// What to do with an agent's dead letters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,9 +19,13 @@ pub enum Op {
     Show {
         id: Option<String>,
     },
-    /// Back to the agent's queue as first attempts: one (by id) or all.
+    /// Back to where they were going, as first attempts: one (by id) or
+    /// all present when it starts, each once. With `wait`, then waits up to
+    /// that many seconds and counts those that failed again.
     Replay {
         id: Option<String>,
+        #[serde(default)]
+        wait: Option<f64>,
     },
     /// Delete: one (by id) or all.
     Purge {
@@ -68,12 +72,21 @@ pub struct Answer {
     pub entries: Vec<Entry>,
     /// How many were replayed or purged.
     pub moved: u64,
+    /// Replay: dead letters left in place (their destination does not exist).
+    #[serde(default)]
+    pub undeliverable: u64,
+    /// Replay with `wait`: how many of those replayed are back in the
+    /// dead-letter queue when the wait ended.
+    #[serde(default)]
+    pub still_failing: Option<u64>,
     pub op: Op,
 }
 
 pub async fn run(broker: &dyn Broker, agent: &str, op: Op) -> Result<Answer> {
     let agent = crate::names::normalise(agent);
     crate::names::validate(&agent)?;
+    let mut undeliverable = 0;
+    let mut still_failing = None;
     let (entries, moved) = match &op {
         Op::List => (entries(broker, &agent, None).await?, 0),
         Op::Show { id } => {
@@ -83,14 +96,18 @@ pub async fn run(broker: &dyn Broker, agent: &str, op: Op) -> Result<Answer> {
             }
             (found, 0)
         }
-        Op::Replay { id } => (
-            Vec::new(),
-            checked(
-                broker.replay_dead_letters(&agent, id.as_deref()).await?,
-                id,
-                &agent,
-            )?,
-        ),
+        Op::Replay { id, wait } => {
+            let replayed = broker.replay_dead_letters(&agent, id.as_deref()).await?;
+            undeliverable = replayed.undeliverable;
+            let n = replayed.ids.len() as u64;
+            if n == 0 && undeliverable == 0 {
+                checked(0, id, &agent)?;
+            }
+            if let Some(secs) = wait {
+                still_failing = Some(failing_again(broker, &agent, &replayed, *secs).await?);
+            }
+            (Vec::new(), n)
+        }
         Op::Purge { id } => (
             Vec::new(),
             checked(
@@ -104,8 +121,34 @@ pub async fn run(broker: &dyn Broker, agent: &str, op: Op) -> Result<Answer> {
         agent,
         entries,
         moved,
+        undeliverable,
+        still_failing,
         op,
     })
+}
+
+/// Waits up to `secs` for the replayed dead letters to be handled, and
+/// returns how many of them are back in the dead-letter queue. Ends early
+/// once all of them are back (the agent is still broken).
+async fn failing_again(
+    broker: &dyn Broker,
+    agent: &str,
+    replayed: &Replayed,
+    secs: f64,
+) -> Result<u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs.clamp(0.0, 86_400.0));
+    loop {
+        let back = broker
+            .dead_letters(agent)
+            .await?
+            .iter()
+            .filter(|l| replayed.ids.contains(&l.envelope.id))
+            .count() as u64;
+        if back as usize >= replayed.ids.len() || tokio::time::Instant::now() >= deadline {
+            return Ok(back);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn entries(broker: &dyn Broker, agent: &str, id: Option<&str>) -> Result<Vec<Entry>> {
@@ -167,11 +210,24 @@ impl Answer {
                 }
             }
             Op::Replay { .. } => {
-                let _ = writeln!(
+                let _ = write!(
                     out,
                     "replayed {} dead letters to agent `{}`",
                     self.moved, self.agent
                 );
+                match self.still_failing {
+                    Some(m) => {
+                        let _ = writeln!(out, ", still failing {m}");
+                    }
+                    None => out.push('\n'),
+                }
+                if self.undeliverable > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{} left in place: where they were going still does not exist",
+                        self.undeliverable
+                    );
+                }
             }
             Op::Purge { .. } => {
                 let _ = writeln!(

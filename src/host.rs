@@ -147,6 +147,17 @@ impl Host {
             problems.push(format!("broker not connected: {}", self.broker.describe()));
         }
         let mut ready = broker_connected;
+        for agent in &agents {
+            if let Some(t) = self.dispatcher.settle_trouble(agent) {
+                ready = false;
+                problems.push(format!(
+                    "agent `{agent}` cannot settle its messages ({} failures, the latest {}s ago): {}",
+                    t.count,
+                    t.at.elapsed().as_secs(),
+                    t.reason
+                ));
+            }
+        }
         for e in self.registry.errors() {
             if agents.contains(&e.agent) {
                 problems.push(format!("agent `{}` (still serving): {}", e.agent, e.reason));
@@ -169,19 +180,91 @@ impl Host {
     }
 
     /// Loads every plugin in `dir`. A file that fails is logged and shown in
-    /// status; the others load regardless. Returns the names loaded.
+    /// status; the others load regardless. Returns the names loaded. Says
+    /// so when the folder has no plugin, when a file looks like one but is
+    /// not (`ECHO.WASM`), and when a `[agents.NAME]` section of the config
+    /// file names no agent of the folder.
     pub async fn load_dir(&self, dir: &Path) -> Result<Vec<String>> {
         self.broker
             .declare_queue(crate::dispatch::REPLIES_QUEUE)
             .await?;
+        for odd in registry::near_plugin_files(dir)? {
+            warn!(
+                file = %odd.display(),
+                "ignored: plugin files end in `.wasm` (lower case); rename it to load it"
+            );
+        }
+        let files = registry::plugin_files(dir)?;
+        if files.is_empty() {
+            warn!(
+                "no plugins in {}: add NAME.wasm files{}",
+                dir.display(),
+                " (a running host picks them up as they arrive)"
+            );
+        }
         let mut loaded = Vec::new();
-        for path in registry::plugin_files(dir)? {
-            match self.load_plugin(&path).await {
+        for path in &files {
+            match self.load_plugin(path).await {
                 Ok(name) => loaded.push(name),
                 Err(e) => error!("{e:#}"),
             }
         }
+        let named: Vec<String> = files
+            .iter()
+            .filter_map(|f| crate::names::from_path(f).ok())
+            .collect();
+        for section in self.overrides.keys() {
+            if !named.contains(section) {
+                warn!(
+                    "the config file's section [agents.{section}] names no agent in {} (agents: {}); it applies if such a plugin arrives",
+                    dir.display(),
+                    if named.is_empty() { "none".to_string() } else { named.join(", ") }
+                );
+            }
+        }
         Ok(loaded)
+    }
+
+    /// The file serving `agent` is another file than `path` (same folder,
+    /// another spelling of the same agent name) and still there.
+    fn served_by_other_file(&self, agent: &str, path: &Path) -> Option<std::path::PathBuf> {
+        let current = self.registry.get(agent)?;
+        let source = current.module().source.clone();
+        let same = source.file_name() == path.file_name();
+        (!same && source.exists()).then_some(source)
+    }
+
+    /// A plugin file is gone: unload its agent, unless another file serves
+    /// it (then nothing changes). When the serving file went and another
+    /// file for the same agent is in the folder, that one is loaded.
+    pub async fn remove_plugin(&self, path: &Path) {
+        let Ok(agent) = crate::names::from_path(path) else {
+            return;
+        };
+        if let Some(serving) = self.served_by_other_file(&agent, path) {
+            info!(
+                agent,
+                file = %path.display(),
+                serving = %serving.display(),
+                "a refused duplicate plugin file was removed; the serving file is unchanged"
+            );
+            self.registry.clear_error(&agent);
+            return;
+        }
+        self.remove_agent(&agent);
+        let Some(dir) = path.parent() else {
+            return;
+        };
+        let other = registry::plugin_files(dir)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|f| crate::names::from_path(f).is_ok_and(|a| a == agent));
+        if let Some(other) = other {
+            info!(agent, file = %other.display(), "loading the agent's other plugin file");
+            if let Err(e) = self.load_plugin(&other).await {
+                error!("{e:#}");
+            }
+        }
     }
 
     /// Loads, replaces or (if unchanged) keeps one agent from its file,
@@ -189,6 +272,20 @@ impl Host {
     /// the running version (if any) serving; the reason is kept for status.
     pub async fn load_plugin(&self, path: &Path) -> Result<String> {
         let agent = crate::names::from_path(path).unwrap_or_else(|_| path.display().to_string());
+        if let Some(serving) = self.served_by_other_file(&agent, path) {
+            let reason = format!(
+                "two plugin files for agent `{agent}`: {} (serving) and {}; the second is refused (remove or rename one)",
+                serving.display(),
+                path.display()
+            );
+            self.counters.rejections.fetch_add(1, Ordering::Relaxed);
+            self.registry.record_error(PluginError {
+                agent: agent.clone(),
+                file: path.to_path_buf(),
+                reason: reason.clone(),
+            });
+            anyhow::bail!(reason);
+        }
         let result = async {
             // Compiling and the smoke instantiation happen here, off the hot
             // path: running consumers keep using the current version.
@@ -337,10 +434,16 @@ impl Host {
             .map(|q| {
                 let pool = self.registry.get(&q.agent);
                 let error = errors.iter().find(|e| e.agent == q.agent).cloned();
-                let last_error = self.dispatcher.last_error(&q.agent);
+                let mut last_error = self.dispatcher.last_error(&q.agent);
+                let trouble = self.dispatcher.settle_trouble(&q.agent);
+                let mut status = AgentStatus::new(q, pool.as_deref(), error);
+                if let Some(t) = trouble {
+                    status.queue.status = "settling fails".into();
+                    last_error = Some(format!("settling failed: {}", t.reason));
+                }
                 AgentStatus {
                     last_error,
-                    ..AgentStatus::new(q, pool.as_deref(), error)
+                    ..status
                 }
             })
             .collect();
@@ -353,6 +456,8 @@ impl Host {
         Ok(Status {
             broker: self.broker.describe(),
             agents,
+            remote: false,
+            unclaimed_replies: self.broker.unclaimed_replies(),
         })
     }
 

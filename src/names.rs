@@ -55,7 +55,12 @@ pub fn from_path(path: &std::path::Path) -> anyhow::Result<String> {
         .and_then(|s| s.to_str())
         .ok_or_else(|| anyhow::anyhow!("{}: file name is not valid UTF-8", path.display()))?;
     let name = normalise(stem);
-    validate(&name)?;
+    validate(&name).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (the agent is named after its file)",
+            path.display()
+        )
+    })?;
     Ok(name)
 }
 

@@ -155,6 +155,23 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Files that look like plugins but are not loaded: `NAME.WASM` and other
+/// spellings of the extension.
+pub fn near_plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("reading plugins folder {}", dir.display()))?
+    {
+        let path = entry?.path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if ext != "wasm" && ext.eq_ignore_ascii_case("wasm") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// `NAME.wasm`, not hidden (editors and copies in progress use dot-files).
 pub fn is_plugin_file(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");

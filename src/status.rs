@@ -17,6 +17,13 @@ use crate::runtime::AgentPool;
 pub struct Status {
     pub broker: String,
     pub agents: Vec<AgentStatus>,
+    /// Read from the broker by a process that hosts none of the agents:
+    /// versions, calls and errors are known only to the hosts running them.
+    #[serde(default)]
+    pub remote: bool,
+    /// The embedded broker's bounded queue of replies nobody waits for.
+    #[serde(default)]
+    pub unclaimed_replies: Option<crate::broker::UnclaimedReplies>,
 }
 
 /// Guest errors by kind (see [`crate::runtime::GuestErrorKind`]).
@@ -255,8 +262,8 @@ impl Status {
                     a.queue.delayed.to_string(),
                     a.queue.dead_letter_count.to_string(),
                     a.version.clone().unwrap_or_else(|| "-".into()),
-                    a.calls.to_string(),
-                    (a.failures + a.guest_errors.total()).to_string(),
+                    self.local(a.calls.to_string()),
+                    self.local((a.failures + a.guest_errors.total()).to_string()),
                     if a.peak_memory_bytes > 0 {
                         format!("{:.1}M", a.peak_memory_bytes as f64 / (1 << 20) as f64)
                     } else {
@@ -270,6 +277,20 @@ impl Status {
         if self.agents.is_empty() {
             let _ = writeln!(out, "(no agents)");
         }
+        if self.remote {
+            let _ = writeln!(
+                out,
+                "(read from the broker: version, calls, errors and peak_mem are known only to the \
+                 hosts running the agents: see their /metrics; unacked and delayed are not visible over AMQP)"
+            );
+        }
+        if let Some(r) = &self.unclaimed_replies {
+            let _ = writeln!(
+                out,
+                "unclaimed replies: {} queued ({} bytes, limit {}), {} oldest dropped",
+                r.queued, r.bytes, r.limit_bytes, r.dropped
+            );
+        }
         for a in self.agents.iter().filter(|a| a.error.is_some()) {
             let _ = writeln!(
                 out,
@@ -279,6 +300,13 @@ impl Status {
             );
         }
         out
+    }
+}
+
+impl Status {
+    /// A value only this host knows: `-` when read from the broker.
+    fn local(&self, value: String) -> String {
+        if self.remote { "-".into() } else { value }
     }
 }
 

@@ -95,9 +95,19 @@ fn plugin_for(path: &Path) -> Option<PathBuf> {
     let wasm = match path.extension()?.to_str()? {
         "wasm" => path.to_path_buf(),
         "toml" => path.with_extension("wasm"),
+        ext if ext.eq_ignore_ascii_case("wasm") => {
+            warn!(
+                file = %path.display(),
+                "ignored: plugin files end in `.wasm` (lower case); rename it to load it"
+            );
+            return None;
+        }
         _ => return None,
     };
-    crate::names::from_path(&wasm).ok()?;
+    if let Err(e) = crate::names::from_path(&wasm) {
+        warn!("{e:#}; ignored");
+        return None;
+    }
     Some(wasm)
 }
 
@@ -110,9 +120,7 @@ async fn reconcile(host: &Arc<Host>, plugin: &Path) {
             error!("{e:#}");
         }
     } else if !plugin.exists() {
-        if let Ok(agent) = crate::names::from_path(plugin) {
-            host.remove_agent(&agent);
-        }
+        host.remove_plugin(plugin).await;
     }
 }
 

@@ -98,7 +98,7 @@ timeout_ms = 900
         // The password is never printed.
         assert!(!out.contains("s3cr3t-pw"), "{out}");
         assert!(
-            line(&out, "amqp_url").contains("guest:***@127.0.0.1"),
+            line(&out, "amqp_url").contains("amqp://***@127.0.0.1"),
             "{out}"
         );
     }

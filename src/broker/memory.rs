@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Acker, Broker, Consumer, DeadLetter, Delivery, Envelope, QueueStats, Route, Unroutable,
+    Acker, Broker, Consumer, DeadLetter, Delivery, Envelope, QueueStats, Replayed, Route,
+    Unroutable,
 };
 use crate::names;
 
@@ -33,9 +34,19 @@ struct Inner {
     reply_seq: AtomicU64,
 }
 
+/// The bound on the embedded broker's queue of unclaimed replies
+/// (conversations started without a reply-to, e.g. `send` without `--wait`):
+/// nobody consumes it, so it keeps the newest replies up to this size and
+/// drops the oldest, counting them (`warren status`).
+pub const REPLIES_LIMIT_BYTES: usize = 8 << 20;
+/// ... and at most this many replies.
+pub const REPLIES_LIMIT_COUNT: usize = 10_000;
+
 struct Queue {
     /// The agent this queue belongs to; `None` for reply queues.
     agent: Option<String>,
+    /// Drop-oldest bound `(bytes, messages)`; `None`: unbounded.
+    limit: Option<(usize, usize)>,
     state: Mutex<QueueState>,
     ready: Notify,
 }
@@ -43,6 +54,10 @@ struct Queue {
 #[derive(Default)]
 struct QueueState {
     ready: VecDeque<Envelope>,
+    /// Body bytes of `ready`, kept only for bounded queues.
+    ready_bytes: usize,
+    /// Messages dropped by the bound.
+    dropped: u64,
     unacked: u64,
     delayed: u64,
     consumers: u32,
@@ -51,8 +66,13 @@ struct QueueState {
 
 impl Queue {
     fn new(agent: Option<String>) -> Arc<Self> {
+        Self::bounded(agent, None)
+    }
+
+    fn bounded(agent: Option<String>, limit: Option<(usize, usize)>) -> Arc<Self> {
         Arc::new(Queue {
             agent,
+            limit,
             state: Mutex::new(QueueState::default()),
             ready: Notify::new(),
         })
@@ -65,7 +85,33 @@ impl Queue {
     }
 
     fn push(&self, env: Envelope) {
-        self.lock().ready.push_back(env);
+        {
+            let mut st = self.lock();
+            if let Some((max_bytes, max_count)) = self.limit {
+                st.ready_bytes += env.body.len();
+                st.ready.push_back(env);
+                let mut dropped = 0;
+                while st.ready.len() > 1
+                    && (st.ready_bytes > max_bytes || st.ready.len() > max_count)
+                {
+                    let old = st.ready.pop_front().expect("not empty");
+                    st.ready_bytes -= old.body.len();
+                    dropped += 1;
+                }
+                if dropped > 0 {
+                    st.dropped += dropped;
+                    if st.dropped == dropped || st.dropped % 1000 < dropped {
+                        tracing::warn!(
+                            dropped = st.dropped,
+                            "the embedded broker's queue of unclaimed replies is full ({max_bytes} bytes / {max_count} replies): \
+                             dropping the oldest (start conversations with `send --wait` to receive their replies)"
+                        );
+                    }
+                }
+            } else {
+                st.ready.push_back(env);
+            }
+        }
         self.ready.notify_one();
     }
 
@@ -74,6 +120,9 @@ impl Queue {
         {
             let mut st = self.lock();
             st.unacked = st.unacked.saturating_sub(1);
+            if self.limit.is_some() {
+                st.ready_bytes += env.body.len();
+            }
             st.ready.push_front(env);
         }
         self.ready.notify_one();
@@ -113,13 +162,26 @@ impl Broker for MemoryBroker {
     }
 
     async fn declare_queue(&self, name: &str) -> Result<()> {
+        let limit = (name == crate::dispatch::REPLIES_QUEUE)
+            .then_some((REPLIES_LIMIT_BYTES, REPLIES_LIMIT_COUNT));
         self.inner
             .queues
             .write()
             .unwrap()
             .entry(name.to_string())
-            .or_insert_with(|| Queue::new(None));
+            .or_insert_with(|| Queue::bounded(None, limit));
         Ok(())
+    }
+
+    fn unclaimed_replies(&self) -> Option<super::UnclaimedReplies> {
+        let queue = self.queue(crate::dispatch::REPLIES_QUEUE)?;
+        let st = queue.lock();
+        Some(super::UnclaimedReplies {
+            queued: st.ready.len() as u64,
+            bytes: st.ready_bytes as u64,
+            dropped: st.dropped,
+            limit_bytes: REPLIES_LIMIT_BYTES as u64,
+        })
     }
 
     async fn publish(&self, route: &Route, envelope: Envelope) -> Result<()> {
@@ -199,17 +261,30 @@ impl Broker for MemoryBroker {
         Ok(self.agent_queue(agent)?.lock().dead.clone())
     }
 
-    async fn replay_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64> {
+    async fn replay_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<Replayed> {
+        // The snapshot: what is taken now; failures of the replays come
+        // back to the (now shorter) dead-letter list and are not taken again.
         let taken = self.take_dead_letters(agent, id)?;
-        let n = taken.len() as u64;
+        let mut done = Replayed::default();
+        let mut undeliverable = Vec::new();
         for letter in taken {
-            self.publish(
-                &Route::Agent(agent.to_string()),
-                letter.envelope.for_replay(),
-            )
-            .await?;
+            let route = letter.envelope.replay_route(agent);
+            let id = letter.envelope.id.clone();
+            match self.publish(&route, letter.envelope.clone().for_replay()).await {
+                Ok(()) => done.ids.push(id),
+                Err(e) if e.downcast_ref::<Unroutable>().is_some() => undeliverable.push(letter),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(n)
+        if !undeliverable.is_empty() {
+            done.undeliverable = undeliverable.len() as u64;
+            let queue = self.agent_queue(agent)?;
+            let mut st = queue.lock();
+            // Back at the head, where they were.
+            undeliverable.append(&mut st.dead);
+            st.dead = undeliverable;
+        }
+        Ok(done)
     }
 
     async fn purge_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64> {
@@ -242,8 +317,9 @@ impl Consumer for MemoryConsumer {
             if let Some(env) = {
                 let mut st = self.queue.lock();
                 let env = st.ready.pop_front();
-                if env.is_some() {
+                if let Some(env) = &env {
                     st.unacked += 1;
+                    st.ready_bytes = st.ready_bytes.saturating_sub(env.body.len());
                 }
                 env
             } {

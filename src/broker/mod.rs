@@ -67,12 +67,24 @@ impl Envelope {
         self.headers.get(HEADER_FIRST_FAILURE)?.parse().ok()
     }
 
+    /// Where a dead letter goes when replayed: where it was going if it
+    /// never got there (an unroutable output), else back to `agent`.
+    pub fn replay_route(&self, agent: &str) -> Route {
+        self.headers
+            .get(HEADER_DESTINATION)
+            .and_then(|t| Route::from_tag(t))
+            .unwrap_or_else(|| Route::Agent(agent.to_string()))
+    }
+
     /// Makes a dead letter new again for a replay: first attempt, no
     /// failure history, one more in its replay count.
     pub fn for_replay(mut self) -> Self {
         self.attempt = 1;
         self.headers.remove(HEADER_LAST_ERROR);
         self.headers.remove(HEADER_FIRST_FAILURE);
+        self.headers.remove(HEADER_TRAPS);
+        self.headers.remove(HEADER_DESTINATION);
+        self.headers.remove(HEADER_BAD);
         let replays = self
             .headers
             .get(HEADER_REPLAYS)
@@ -100,6 +112,29 @@ pub const HEADER_REPLAYS: &str = "x-warren-replays";
 pub const HEADER_LAST_ERROR: &str = "x-warren-last-error";
 /// Header carrying the content hash of the agent version that produced a message.
 pub const HEADER_AGENT_VERSION: &str = "x-warren-agent-version";
+/// Header: how many of the message's attempts ended in a guest trap (traps
+/// have their own budget, `trap_retries`, apart from `max_attempts`).
+pub const HEADER_TRAPS: &str = "x-warren-traps";
+/// Header on a dead letter that never reached its destination (an
+/// unroutable output): where it was going, as [`Route::tag`]. Replay sends
+/// it there, not back to the agent that produced it.
+pub const HEADER_DESTINATION: &str = "x-warren-destination";
+/// Header: a header of the message that could not be read, and its value.
+pub const HEADER_BAD: &str = "x-warren-bad-header";
+
+/// `text` cut to at most about `max` bytes (on a character boundary), with a
+/// marker saying how long it was. Header values and reasons are bounded so
+/// that a long error text cannot break a frame or a log line.
+pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… [cut: {} bytes in all]", &text[..cut], text.len()).into()
+}
 
 /// Where a message is published.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -108,6 +143,25 @@ pub enum Route {
     Agent(String),
     /// A queue by name (replies).
     Queue(String),
+}
+
+impl Route {
+    /// The route as text for a header: `agent:NAME` or `queue:NAME`.
+    pub fn tag(&self) -> String {
+        match self {
+            Route::Agent(a) => format!("agent:{a}"),
+            Route::Queue(q) => format!("queue:{q}"),
+        }
+    }
+
+    /// The inverse of [`Route::tag`].
+    pub fn from_tag(tag: &str) -> Option<Route> {
+        match tag.split_once(':')? {
+            ("agent", a) if crate::names::validate(a).is_ok() => Some(Route::Agent(a.into())),
+            ("queue", q) if !q.is_empty() => Some(Route::Queue(q.into())),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Route {
@@ -160,6 +214,25 @@ pub struct DeadLetter {
     pub envelope: Envelope,
 }
 
+/// The embedded broker's queue of unclaimed replies (`warren_replies`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnclaimedReplies {
+    pub queued: u64,
+    pub bytes: u64,
+    /// The oldest replies dropped to stay under the limit.
+    pub dropped: u64,
+    pub limit_bytes: u64,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// Ids of the dead letters published again.
+    pub ids: Vec<String>,
+    /// Dead letters left in place: their destination still does not exist.
+    pub undeliverable: u64,
+}
+
 /// A message handed to a consumer; settle it exactly once.
 pub struct Delivery {
     pub envelope: Envelope,
@@ -177,6 +250,17 @@ impl Delivery {
     fn take(&mut self) -> (Envelope, Box<dyn Acker>) {
         let acker = self.acker.take().expect("a delivery is settled once");
         (std::mem::take(&mut self.envelope), acker)
+    }
+
+    /// Whether this delivery is a redelivery of one this process already
+    /// handled (its copy or output is out, only its ack was lost): then it
+    /// is to be acked, not handled again. Waits for a first delivery of the
+    /// same message that is still being handled.
+    pub async fn already_handled(&mut self) -> bool {
+        match &mut self.acker {
+            Some(acker) => acker.already_handled(&self.envelope).await,
+            None => false,
+        }
     }
 
     /// Done: remove the message from its queue.
@@ -222,6 +306,10 @@ pub trait Acker: Send {
     async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: &str) -> Result<()>;
     /// The delivery was dropped unsettled: give it back to the queue.
     fn abandon(self: Box<Self>, envelope: Envelope);
+    /// See [`Delivery::already_handled`].
+    async fn already_handled(&mut self, _envelope: &Envelope) -> bool {
+        false
+    }
 }
 
 /// A stream of deliveries from one queue.
@@ -251,6 +339,11 @@ pub trait Broker: Send + Sync + 'static {
         0
     }
 
+    /// The queue of replies nobody waits for, where the broker bounds it.
+    fn unclaimed_replies(&self) -> Option<UnclaimedReplies> {
+        None
+    }
+
     /// Declares an agent's queue, binding and dead-letter queue. Idempotent.
     async fn declare_agent(&self, agent: &str) -> Result<()>;
 
@@ -276,11 +369,14 @@ pub trait Broker: Send + Sync + 'static {
     /// The messages in an agent's dead-letter queue (oldest first), left in place.
     async fn dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>>;
 
-    /// Moves dead letters (the one with `id`, or all) back to the agent's
-    /// queue as first attempts. Each is published (confirmed) before it
-    /// leaves the dead-letter queue: interrupted, a replay duplicates at
-    /// worst, never loses. Returns how many were replayed.
-    async fn replay_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64>;
+    /// Moves dead letters (the one with `id`, or all) back as first attempts,
+    /// each to [`Envelope::replay_route`]. Each is published (confirmed)
+    /// before it leaves the dead-letter queue: interrupted, a replay
+    /// duplicates at worst, never loses. Only the dead letters present when
+    /// it starts are looked at, each once: a replay that fails again and
+    /// comes back is not replayed again. One whose destination still does
+    /// not exist stays in the dead-letter queue.
+    async fn replay_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<Replayed>;
 
     /// Deletes dead letters (the one with `id`, or all); returns how many.
     async fn purge_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64>;

@@ -1,0 +1,329 @@
+//! Consumers and settling their deliveries.
+//!
+//! Settling by retry or dead-letter publishes the copy (confirmed) first and
+//! acks the original after. Two things can go wrong in between, and neither
+//! may hold or double a message:
+//!
+//! - The copy cannot be published (its delay queue or dead-letter queue was
+//!   deleted, the broker refuses it): the queue is declared again and the
+//!   copy sent once more; if that fails too, the original is given back to
+//!   its queue (nack with requeue) after a pause, never held unacked.
+//! - The ack does not reach the broker (its channel was lost in a recovery:
+//!   lapin answers `Ok(false)`): RabbitMQ redelivers the original although
+//!   its copy exists. The delivery's key and attempt are remembered, and the
+//!   redelivery is acked without being handled again. A redelivery can
+//!   arrive while the first delivery is still being handled (the channel
+//!   was lost mid-call): it waits for the first one's outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::Inner;
+use super::headers::{Extra, envelope};
+use crate::broker::{Acker, Consumer, Delivery, Envelope, Route, Unroutable};
+use crate::names;
+
+/// How long a delivery whose copy could not be published waits before it
+/// is given back to its queue (so a lasting failure does not spin).
+const GIVE_BACK_PAUSE: Duration = Duration::from_secs(1);
+
+/// Most settled-but-unacked deliveries remembered at once.
+const MAX_REMEMBERED: usize = 100_000;
+
+pub(super) struct AmqpConsumer {
+    pub inner: Arc<Inner>,
+    /// The agent whose queue this is; `None` for a reply queue.
+    pub agent: Option<String>,
+    pub channel: Channel,
+    pub consumer: lapin::Consumer,
+    /// The queue consumed; a reply queue is deleted when its consumer stops.
+    pub queue: String,
+}
+
+/// What identifies a delivery across redeliveries: its message id, or for a
+/// message without one, its body.
+fn delivery_key(props: &lapin::BasicProperties, body: &[u8]) -> String {
+    match props.message_id() {
+        Some(id) if !id.as_str().is_empty() => id.as_str().to_string(),
+        _ => format!("body:{}", hex::encode(Sha256::digest(body))),
+    }
+}
+
+impl Inner {
+    /// Remembers that the delivery `key` at `attempt` was settled (its copy
+    /// or output published) but its ack was lost.
+    fn remember_settled(&self, key: &str, attempt: u32) {
+        let mut settled = self.settled.lock().unwrap();
+        if settled.len() >= MAX_REMEMBERED {
+            warn!("forgetting {} settled deliveries whose ack was lost", settled.len());
+            settled.clear();
+        }
+        settled.insert(key.to_string(), attempt);
+    }
+
+    /// Publishes a dead-letter copy, declaring the agent's dead-letter
+    /// queue again if it was deleted.
+    pub(super) async fn publish_dead_letter(
+        &self, agent: &str, envelope: &Envelope, reason: &str) -> Result<()> {
+        let route = Route::Queue(names::dead_letter_queue(agent));
+        let extra = || Extra {
+            reason: Some(reason),
+            ..Default::default()
+        };
+        match self.publish_envelope(&route, envelope, extra()).await {
+            Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
+                warn!(agent, queue = %route, "the dead-letter queue is gone; declaring it again");
+                self.declare_dead_letter_queue(agent).await?;
+                self.publish_envelope(&route, envelope, extra()).await
+            }
+            other => other,
+        }
+    }
+
+    /// Registers a delivery as being handled; `None` when a delivery with
+    /// the same key already is (this one is a redelivery of it).
+    fn start_handling(&self, key: &str) -> Option<watch::Sender<bool>> {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        if in_flight.contains_key(key) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(false);
+        in_flight.insert(key.to_string(), rx);
+        Some(tx)
+    }
+
+    /// Whether a redelivery is of a delivery already settled; forgets it.
+    fn already_settled(&self, key: &str, attempt: u32) -> bool {
+        let mut settled = self.settled.lock().unwrap();
+        match settled.get(key) {
+            Some(&done) if attempt <= done => {
+                settled.remove(key);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for AmqpConsumer {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            match self.consumer.next().await {
+                Some(Ok(d)) => {
+                    let key = delivery_key(&d.properties, &d.data);
+                    let (env, _) = envelope(&d.properties, d.data);
+                    let done = self.inner.start_handling(&key);
+                    let acker = AmqpAcker {
+                        inner: self.inner.clone(),
+                        agent: self.agent.clone(),
+                        acker: d.acker,
+                        key,
+                        redelivered: d.redelivered,
+                        done,
+                    };
+                    return Some(Delivery::new(env, Box::new(acker)));
+                }
+                Some(Err(e)) => {
+                    let what = self.agent.as_deref().unwrap_or("reply queue");
+                    warn!(
+                        agent = what,
+                        "consumer lost its channel ({e}); waiting for recovery"
+                    );
+                    let deadline = tokio::time::Instant::now() + self.inner.config.recovery_timeout;
+                    if let Err(e) = self
+                        .inner
+                        .wait_for_recovery(&self.channel, e, deadline)
+                        .await
+                    {
+                        tracing::error!(agent = what, "consumer stopped: {e:#}");
+                        return None;
+                    }
+                    info!(agent = what, "consumer recovered");
+                }
+                None => return None,
+            }
+        }
+    }
+
+    async fn stop(self: Box<Self>) {
+        let tag = self.consumer.tag();
+        if let Err(e) = self
+            .channel
+            .basic_cancel(tag.clone(), BasicCancelOptions::default())
+            .await
+        {
+            debug!(consumer = %tag, "cancelling the consumer: {e}");
+        }
+        if self.agent.is_none() {
+            let opts = lapin::options::QueueDeleteOptions::default();
+            if let Err(e) = self.channel.queue_delete(self.queue.as_str().into(), opts).await {
+                debug!(queue = self.queue, "deleting the reply queue: {e}");
+            }
+        }
+        // Closing the channel hands any prefetched, unsettled delivery back.
+        if let Err(e) = self.channel.close(200, "consumer stopped".into()).await {
+            debug!(consumer = %tag, "closing the consumer channel: {e}");
+        }
+    }
+}
+
+struct AmqpAcker {
+    inner: Arc<Inner>,
+    agent: Option<String>,
+    acker: lapin::Acker,
+    /// See [`delivery_key`].
+    key: String,
+    redelivered: bool,
+    /// Set when this delivery is settled or dropped, for a redelivery of the
+    /// same message waiting on it; `None` when this is that redelivery.
+    done: Option<watch::Sender<bool>>,
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            self.inner.in_flight.lock().unwrap().remove(&self.key);
+            let _ = done.send(true);
+        }
+    }
+}
+
+impl AmqpAcker {
+    /// Acks the original. When the ack cannot reach the broker, the
+    /// redelivery that follows is recognised as already handled.
+    async fn ack_original(&self, envelope: &Envelope) -> Result<()> {
+        match self.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.inner.remember_settled(&self.key, envelope.attempt);
+                Err(anyhow!(
+                    "the delivery's channel was lost before its ack; RabbitMQ redelivers it, and the redelivery is acked without being handled again"
+                ))
+            }
+            Err(e) => {
+                self.inner.remember_settled(&self.key, envelope.attempt);
+                Err(anyhow!(
+                    "ack failed ({e}); RabbitMQ redelivers the message, and the redelivery is acked without being handled again"
+                ))
+            }
+        }
+    }
+
+    /// Gives the original back to its queue after a pause: its copy could
+    /// not be published, and holding it unacked would take a prefetch slot
+    /// for good.
+    async fn give_back(&self) {
+        tokio::time::sleep(GIVE_BACK_PAUSE).await;
+        let opts = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        match self.acker.nack(opts).await {
+            Ok(true) => {}
+            // The channel is gone: RabbitMQ requeues everything it held.
+            Ok(false) => debug!("give-back: the delivery's channel is gone; RabbitMQ requeues it"),
+            Err(e) => debug!("give-back failed ({e}); RabbitMQ requeues it when the channel closes"),
+        }
+    }
+
+    fn agent(&self) -> Result<&str> {
+        self.agent
+            .as_deref()
+            .ok_or_else(|| anyhow!("replies cannot be retried or dead-lettered"))
+    }
+
+    /// Publishes the retry copy into its delay queue, declaring the queue
+    /// again if it was deleted.
+    async fn publish_retry(&self, agent: &str, envelope: &Envelope, delay: Duration) -> Result<()> {
+        let extra = || Extra {
+            expiration: Some(delay),
+            ..Default::default()
+        };
+        let queue = self.inner.delay_queue(agent, delay).await?;
+        let route = Route::Queue(queue.clone());
+        match self.inner.publish_envelope(&route, envelope, extra()).await {
+            Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
+                warn!(agent, queue, "the delay queue is gone; declaring it again");
+                self.inner.forget_delay_queue(&queue);
+                let queue = self.inner.delay_queue(agent, delay).await?;
+                self.inner
+                    .publish_envelope(&Route::Queue(queue), envelope, extra())
+                    .await
+            }
+            other => other,
+        }
+    }
+}
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(self: Box<Self>, envelope: Envelope) -> Result<()> {
+        self.ack_original(&envelope).await
+    }
+
+    async fn retry(
+        self: Box<Self>,
+        mut envelope: Envelope,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<()> {
+        let agent = self.agent()?.to_string();
+        let attempt = envelope.attempt;
+        envelope.next_attempt(reason);
+        if let Err(e) = self.publish_retry(&agent, &envelope, delay).await {
+            self.give_back().await;
+            return Err(e.context("publishing the retry failed; the message went back to its queue"));
+        }
+        envelope.attempt = attempt;
+        self.ack_original(&envelope).await
+    }
+
+    async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: &str) -> Result<()> {
+        let agent = self.agent()?.to_string();
+        if let Err(e) = self.inner.publish_dead_letter(&agent, &envelope, reason).await {
+            self.give_back().await;
+            return Err(e.context("dead-lettering failed; the message went back to its queue"));
+        }
+        self.ack_original(&envelope).await
+    }
+
+    async fn already_handled(&mut self, envelope: &Envelope) -> bool {
+        if !self.redelivered {
+            return false;
+        }
+        if self.done.is_none() {
+            // The first delivery of this message is still being handled
+            // here (its channel was lost meanwhile): wait for its outcome.
+            let first = self.inner.in_flight.lock().unwrap().get(&self.key).cloned();
+            if let Some(mut first) = first {
+                let wait = first.wait_for(|done| *done);
+                let _ = tokio::time::timeout(self.inner.config.recovery_timeout, wait).await;
+            }
+        }
+        self.inner.already_settled(&self.key, envelope.attempt)
+    }
+
+    fn abandon(self: Box<Self>, _envelope: Envelope) {
+        tokio::spawn(async move {
+            let opts = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            if let Err(e) = self.acker.nack(opts).await {
+                debug!(
+                    "requeue of an abandoned delivery failed ({e}); the broker redelivers it on channel close"
+                );
+            }
+        });
+    }
+}

@@ -1,0 +1,418 @@
+//! The RabbitMQ transport (lapin 4 on tokio).
+//!
+//! Topology, seed-compatible: a durable topic exchange (default
+//! `agent_exchange`); per agent a durable queue `agent_{name}_queue` bound with
+//! `agent.{name}`, dead-lettering into a durable dead-letter queue
+//! `agent_{name}_queue.dlq` (a queue that already exists with other
+//! arguments, e.g. the seed's, is adopted as it is, with a warning).
+//!
+//! Retries wait in delay queues, not in a consumer: `agent_{name}_queue.retry.{N}ms`
+//! holds a message for its per-message expiration, then RabbitMQ dead-letters
+//! it back to the agent's queue (`x-dead-letter-exchange` = the default
+//! exchange). One delay queue per power-of-two delay bucket keeps a short delay
+//! from queueing behind a long one (RabbitMQ only expires a queue's head).
+//!
+//! Every publish is persistent, `mandatory` and confirmed; confirms are
+//! pipelined (each publish awaits only its own confirm). A returned message
+//! becomes [`Unroutable`]. Settling a delivery by retry or dead-letter first
+//! publishes the copy (confirmed), then acks the original: a crash in between
+//! duplicates, never loses.
+//!
+//! Recovery is lapin's own (`enable_auto_recover`): the connection, channels,
+//! QoS, confirm mode, declarations and consumers are replayed. Publishes and
+//! consumers that fail meanwhile wait for the recovery (bounded by
+//! `recovery_timeout`) and carry on; a publish is re-sent with the same id.
+//!
+//! ## Modules
+//!
+//! - `url` — the URL and its redaction in every line we print;
+//! - `topology` — queues, delay queues, bindings, queue counts;
+//! - `publish` — confirmed, `mandatory` publishing that rides out a recovery;
+//! - `headers` — an [`Envelope`] to AMQP properties and back;
+//! - `consume` — consumers and settling a delivery (ack, retry, dead-letter);
+//! - `dead_letters` — reading, replaying and purging a dead-letter queue.
+
+mod consume;
+mod dead_letters;
+mod headers;
+mod publish;
+mod topology;
+mod url;
+
+pub use headers::{HEADER_ATTEMPT, HEADER_HOPS, HEADER_REASON, HEADER_SENDER};
+pub use url::redact;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use async_trait::async_trait;
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tracing::{debug, info, warn};
+
+use self::consume::AmqpConsumer;
+use self::headers::Extra;
+use self::url::scrub;
+use super::{Broker, Consumer, DeadLetter, Envelope, QueueStats, Replayed, Route};
+use crate::names;
+
+/// The queue type for agent queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum QueueType {
+    /// RabbitMQ's classic queue (what the seed declares).
+    #[default]
+    Classic,
+    /// Replicated quorum queue.
+    Quorum,
+}
+
+/// How to reach RabbitMQ and shape the topology.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// `amqp://` or `amqps://` URL, credentials included.
+    pub url: String,
+    /// The topic exchange agents are bound to.
+    pub exchange: String,
+    /// Unacknowledged deliveries per consumer.
+    pub prefetch: u16,
+    pub queue_type: QueueType,
+    /// Longest wait for lapin's recovery before an operation fails.
+    pub recovery_timeout: Duration,
+    /// Publisher confirms and persistent messages. Only benchmarks turn this
+    /// off: without it a broker crash or an unroutable message loses data.
+    pub reliable: bool,
+}
+
+impl AmqpConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        AmqpConfig {
+            url: url.into(),
+            exchange: "agent_exchange".into(),
+            prefetch: 8,
+            queue_type: QueueType::Classic,
+            recovery_timeout: Duration::from_secs(120),
+            reliable: true,
+        }
+    }
+}
+/// The RabbitMQ broker. Cheap to clone.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AmqpConfig,
+    redacted: String,
+    connection: Connection,
+    /// Confirm-mode channel shared by every publish (lapin pipelines them).
+    publish: Channel,
+    /// Agents this process declared or was told about, for `stats`.
+    agents: Mutex<BTreeSet<String>>,
+    /// Delay queues already declared by this process.
+    delay_queues: Mutex<BTreeSet<String>>,
+    seq: AtomicU64,
+    /// Times an operation waited for a connection recovery (and got it).
+    recoveries: AtomicU64,
+    /// Deliveries settled whose ack was lost, by key: their redelivery is a
+    /// duplicate (see `consume`).
+    settled: Mutex<HashMap<String, u32>>,
+    /// Deliveries being handled, by key; set when settled (see `consume`).
+    in_flight: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+}
+
+impl AmqpBroker {
+    /// Connects (once: a refused or failed connection is an error), declares
+    /// the exchange and opens the publishing channel in confirm mode.
+    pub async fn connect(config: AmqpConfig) -> Result<Self> {
+        let redacted = redact(&config.url);
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("warren {}", std::process::id()).into())
+            .enable_auto_recover();
+        let connection = Connection::connect(&config.url, props).await.map_err(|e| {
+            anyhow!(
+                "cannot connect to RabbitMQ at {redacted}: {}",
+                scrub(&e.to_string(), &config.url)
+            )
+        })?;
+        let publish = connection
+            .create_channel()
+            .await
+            .context("opening the publish channel")?;
+        if config.reliable {
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .context("enabling publisher confirms")?;
+        } else {
+            warn!(
+                "publisher confirms and persistence are OFF: messages can be lost (benchmark mode)"
+            );
+        }
+        publish
+            .exchange_declare(
+                config.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declaring exchange `{}`", config.exchange))?;
+        info!(
+            "connected to RabbitMQ at {redacted} (exchange `{}`)",
+            config.exchange
+        );
+        Ok(AmqpBroker {
+            inner: Arc::new(Inner {
+                config,
+                redacted,
+                connection,
+                publish,
+                agents: Mutex::new(BTreeSet::new()),
+                delay_queues: Mutex::new(BTreeSet::new()),
+                seq: AtomicU64::new(0),
+                recoveries: AtomicU64::new(0),
+                settled: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Adds agents to those `stats` reports (e.g. the plugins folder's, when
+    /// `warren status` runs in a process that declared nothing).
+    pub fn watch_agents<I: IntoIterator<Item = String>>(&self, agents: I) {
+        self.inner.agents.lock().unwrap().extend(agents);
+    }
+
+    pub fn config(&self) -> &AmqpConfig {
+        &self.inner.config
+    }
+
+    /// How many times a publish or a consumer rode out a connection recovery.
+    pub fn recoveries(&self) -> u64 {
+        self.inner.recoveries.load(Ordering::Relaxed)
+    }
+}
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn describe(&self) -> String {
+        format!(
+            "RabbitMQ at {} (exchange `{}`)",
+            self.inner.redacted, self.inner.config.exchange
+        )
+    }
+
+    fn connected(&self) -> bool {
+        self.inner.connection.status().connected()
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.recoveries()
+    }
+
+    async fn declare_agent(&self, agent: &str) -> Result<()> {
+        names::validate(agent)?;
+        let inner = &self.inner;
+        let queue = names::queue(agent);
+        let cost = format!(
+            "; without warren's x-dead-letter-exchange, a message that expires or reaches a \
+             delivery limit in it is dropped by RabbitMQ instead of kept in `{}` (a policy can add \
+             it without deleting the queue, see docs/operations.md)",
+            names::dead_letter_queue(agent)
+        );
+        inner
+            .declare_queue(&queue, inner.agent_queue_args(agent), &cost)
+            .await?;
+        let (q, x, rk): (ShortString, ShortString, ShortString) = (
+            queue.as_str().into(),
+            inner.config.exchange.as_str().into(),
+            names::routing_key(agent).into(),
+        );
+        inner
+            .on_temp_channel(|ch| async move {
+                ch.queue_bind(q, x, rk, QueueBindOptions::default(), FieldTable::default())
+                    .await
+            })
+            .await
+            .with_context(|| format!("binding `{queue}` to `{}`", inner.config.exchange))?;
+        inner.declare_dead_letter_queue(agent).await?;
+        inner.agents.lock().unwrap().insert(agent.to_string());
+        Ok(())
+    }
+
+    async fn declare_queue(&self, name: &str) -> Result<()> {
+        self.inner
+            .declare_queue(name, FieldTable::default(), "")
+            .await
+    }
+
+    async fn publish(&self, route: &Route, envelope: Envelope) -> Result<()> {
+        self.inner
+            .publish_envelope(route, &envelope, Extra::default())
+            .await
+    }
+
+    async fn consume(&self, agent: &str) -> Result<Box<dyn Consumer>> {
+        let inner = &self.inner;
+        let channel = inner
+            .connection
+            .create_channel()
+            .await
+            .context("opening a consumer channel")?;
+        channel
+            .basic_qos(inner.config.prefetch, BasicQosOptions::default())
+            .await
+            .context("setting the prefetch")?;
+        let n = inner.seq.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("warren-{agent}-{}-{n}", std::process::id());
+        let consumer = channel
+            .basic_consume(
+                names::queue(agent).into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming `{}`", names::queue(agent)))?;
+        Ok(Box::new(AmqpConsumer {
+            inner: self.inner.clone(),
+            agent: Some(agent.to_string()),
+            channel,
+            consumer,
+            queue: names::queue(agent),
+        }))
+    }
+
+    async fn reply_queue(&self) -> Result<(String, Box<dyn Consumer>)> {
+        let inner = &self.inner;
+        // A client-chosen name (not a server-named one) so that lapin's
+        // recovery re-declares the same queue the reply-to points at.
+        let name = format!(
+            "warren.reply.{}.{}.{}",
+            std::process::id(),
+            inner.seq.fetch_add(1, Ordering::Relaxed),
+            &crate::dispatch::new_id()[2..10]
+        );
+        // Not exclusive, not auto-delete: RabbitMQ deletes those with the
+        // connection (or the consumer), and a reply published before the
+        // recovery re-declared it would be unroutable. It expires instead
+        // once unused for longer than a recovery may take (a client that
+        // died), and is deleted when its consumer stops.
+        let mut args = FieldTable::default();
+        let expires = inner.config.recovery_timeout + Duration::from_secs(60);
+        args.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(expires.as_millis() as i64),
+        );
+        let channel = inner.connection.create_channel().await?;
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::default(),
+                args,
+            )
+            .await
+            .context("declaring the reply queue")?;
+        let consumer = channel
+            .basic_consume(
+                name.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("consuming the reply queue")?;
+        let consumer = AmqpConsumer {
+            inner: self.inner.clone(),
+            agent: None,
+            channel,
+            consumer,
+            queue: name.clone(),
+        };
+        Ok((name, Box::new(consumer)))
+    }
+
+    async fn dead_letter(&self, agent: &str, envelope: Envelope, reason: &str) -> Result<()> {
+        self.inner
+            .publish_dead_letter(agent, &envelope, reason)
+            .await
+    }
+
+    async fn stats(&self) -> Result<Vec<QueueStats>> {
+        let agents: Vec<String> = self.inner.agents.lock().unwrap().iter().cloned().collect();
+        let mut rows = Vec::new();
+        for agent in agents {
+            let queue = names::queue(&agent);
+            let dlq = names::dead_letter_queue(&agent);
+            let main = self.inner.queue_counts(&queue).await?;
+            let dead = self.inner.queue_counts(&dlq).await?;
+            let (message_count, consumer_count) = main.unwrap_or((0, 0));
+            let status = match (main, consumer_count) {
+                (None, _) => "missing",
+                (Some(_), 0) => "idle",
+                _ => "active",
+            };
+            rows.push(QueueStats {
+                routing_key: names::routing_key(&agent),
+                dead_letter_queue: dlq,
+                message_count,
+                consumer_count,
+                // Not visible over AMQP (the management API has it).
+                unacked: 0,
+                delayed: 0,
+                dead_letter_count: dead.map(|d| d.0).unwrap_or(0),
+                status: status.into(),
+                agent,
+                queue,
+            });
+        }
+        Ok(rows)
+    }
+
+    async fn dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>> {
+        // A peek is read-only (everything it took goes back when its channel
+        // closes), so one failed attempt is simply made again.
+        match self.inner.peek_dead_letters(agent).await {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                debug!(
+                    agent,
+                    "peeking the dead-letter queue failed, once more: {e:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.inner.peek_dead_letters(agent).await
+            }
+        }
+    }
+
+    async fn replay_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<Replayed> {
+        self.inner.take_dead_letters(agent, id, true).await
+    }
+
+    async fn purge_dead_letters(&self, agent: &str, id: Option<&str>) -> Result<u64> {
+        let taken = self.inner.take_dead_letters(agent, id, false).await?;
+        Ok(taken.ids.len() as u64)
+    }
+
+    async fn close(&self) {
+        if let Err(e) = self
+            .inner
+            .connection
+            .close(200, "warren shutting down".into())
+            .await
+        {
+            debug!("closing the AMQP connection: {e}");
+        }
+    }
+}
+

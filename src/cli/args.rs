@@ -1,0 +1,222 @@
+//! Option groups shared by several verbs: how to reach the broker, the
+//! runtime's limits, the dispatch policy, the host as a whole.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use clap::builder::RangedU64ValueParser;
+
+use warren::HostConfig;
+use warren::broker::amqp::{AmqpBroker, AmqpConfig, QueueType};
+use warren::control;
+use warren::dispatch::DispatchConfig;
+use warren::runtime::{InstanceMode, RuntimeConfig};
+
+/// A count that must be at least 1 (0 would host agents that do nothing).
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+#[derive(Args)]
+pub struct HostArgs {
+    /// Folder of agent components (`NAME.wasm`; the agent is called NAME).
+    #[arg(long, env = "WARREN_PLUGINS", default_value = "plugins")]
+    pub plugins: PathBuf,
+    /// Do not watch the plugins folder (by default `run` adds, replaces and
+    /// removes agents as their files come and go).
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Calls a freshly swapped-in version is judged on (0: no rollback guard).
+    #[arg(long, default_value_t = 20)]
+    pub rollback_after: u64,
+    /// Roll a new version back if more than this share of those calls failed.
+    #[arg(long, default_value_t = 0.5)]
+    pub rollback_share: f64,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
+}
+
+/// Everything `warren run` takes (and `warren config` shows).
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Control socket through which `warren send` / `warren status` reach this host.
+    #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
+    pub control: PathBuf,
+    /// Address of the HTTP endpoint: /metrics (Prometheus), /healthz, /readyz.
+    #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:9464")]
+    pub http: std::net::SocketAddr,
+    /// No HTTP endpoint.
+    #[arg(long)]
+    pub no_http: bool,
+}
+
+/// How `send`, `status` and `dlq` reach warren: RabbitMQ when a URL is
+/// given, otherwise the control socket of a host running the embedded broker.
+#[derive(Args)]
+pub struct RemoteArgs {
+    #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
+    pub control: PathBuf,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+#[derive(Args)]
+pub struct BrokerArgs {
+    /// RabbitMQ URL (amqp:// or amqps://, e.g. amqp://guest:guest@127.0.0.1:5672/%2f).
+    /// Without it, `run` uses the embedded broker and `send` / `status` reach
+    /// the running host through its control socket.
+    #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// The topic exchange agents' queues are bound to.
+    #[arg(long, env = "WARREN_EXCHANGE", default_value = "agent_exchange")]
+    pub exchange: String,
+    /// Unacknowledged deliveries per consumer.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+    /// Queue type of agent queues.
+    #[arg(long, value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
+    /// Seconds to wait for a lost connection to recover before failing.
+    #[arg(long, default_value_t = 120)]
+    pub recovery_timeout: u64,
+}
+
+impl BrokerArgs {
+    pub async fn connect(&self) -> Result<Option<AmqpBroker>> {
+        let Some(url) = &self.amqp_url else {
+            return Ok(None);
+        };
+        let config = AmqpConfig {
+            exchange: self.exchange.clone(),
+            prefetch: self.prefetch,
+            queue_type: self.queue_type,
+            recovery_timeout: Duration::from_secs(self.recovery_timeout),
+            ..AmqpConfig::new(url.clone())
+        };
+        Ok(Some(AmqpBroker::connect(config).await?))
+    }
+}
+
+#[derive(Args)]
+pub struct RuntimeArgs {
+    /// Compile cache folder (default: ~/.cache/warren/compiled).
+    #[arg(long, env = "WARREN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not cache compiled code.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Reuse instances across messages, or a fresh instance per message.
+    #[arg(long, value_enum, default_value_t = InstanceMode::Reuse)]
+    pub instance_mode: InstanceMode,
+    /// Most instances of one agent alive at once.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
+    pub max_instances: usize,
+    /// Most linear memory per instance, in MiB.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one())]
+    pub max_memory_mb: usize,
+    /// Most elements per table.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_table_elements: usize,
+    /// Wall-clock deadline per message, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub deadline_ms: u64,
+    /// A call still running guest code after this many milliseconds is a
+    /// runaway: all runaways share 5% of one core until their deadline.
+    #[arg(long, default_value_t = 100)]
+    pub throttle_after_ms: u64,
+    /// Fuel per message (about one unit per Wasm instruction); turns on fuel
+    /// metering, which slows every call a little. Off by default.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Use wasmtime's pooling instance allocator.
+    #[arg(long)]
+    pub pooling: bool,
+}
+
+#[derive(Args)]
+pub struct DispatchArgs {
+    /// Deliveries of a message that end in `retry` before it is
+    /// dead-lettered (with the default backoff: 61–122 s in all).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Retries (on a fresh instance) after a guest trap.
+    #[arg(long, default_value_t = 1)]
+    pub trap_retries: u32,
+    /// Hops a conversation may take before it is dead-lettered as a loop.
+    #[arg(long, default_value_t = 16)]
+    pub max_hops: u32,
+    /// First retry delay in milliseconds (doubles per attempt, with jitter).
+    #[arg(long, default_value_t = 500)]
+    pub backoff_base_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub backoff_cap_ms: u64,
+    /// Concurrent consumers per agent.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
+    pub consumers: usize,
+    /// Most messages one agent call may send on.
+    #[arg(long, default_value_t = 64)]
+    pub max_outgoing: usize,
+    /// Largest message body in or out, in KiB.
+    #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
+    pub max_message_kb: usize,
+    /// Deliveries each consumer handles at once (their confirms overlap).
+    #[arg(long, default_value_t = 8, value_parser = at_least_one())]
+    pub in_flight: usize,
+}
+
+impl RuntimeArgs {
+    pub fn config(&self) -> RuntimeConfig {
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(warren::runtime::cache::CompileCache::default_dir)
+        };
+        RuntimeConfig {
+            cache_dir,
+            instance_mode: self.instance_mode,
+            max_instances: self.max_instances,
+            max_memory: self.max_memory_mb << 20,
+            max_table_elements: self.max_table_elements,
+            deadline: Duration::from_millis(self.deadline_ms),
+            throttle_after: Duration::from_millis(self.throttle_after_ms),
+            fuel: self.fuel,
+            pooling: self.pooling,
+        }
+    }
+}
+
+impl HostArgs {
+    pub fn config(&self) -> HostConfig {
+        let d = &self.dispatch;
+        HostConfig {
+            runtime: self.runtime.config(),
+            dispatch: DispatchConfig {
+                max_attempts: d.max_attempts,
+                trap_retries: d.trap_retries,
+                max_hops: d.max_hops,
+                backoff_base: Duration::from_millis(d.backoff_base_ms),
+                backoff_cap: Duration::from_millis(d.backoff_cap_ms),
+                consumers_per_agent: d.consumers,
+                in_flight_per_consumer: d.in_flight,
+                max_outgoing: d.max_outgoing,
+                max_message_bytes: d.max_message_kb << 10,
+            },
+            guard: warren::guard::GuardConfig {
+                first_calls: self.rollback_after,
+                max_failure_share: self.rollback_share,
+            },
+            agents: super::agent_sections().clone(),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! `warren bench`: the benchmark tables.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+use warren::bench::BenchConfig;
+
+#[derive(Args)]
+pub struct Bench {
+    /// RabbitMQ to measure against (temporary `bench_*` queues in its vhost).
+    #[arg(
+        long,
+        env = "WARREN_AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// A smoke run with tiny numbers (what CI runs).
+    #[arg(long)]
+    quick: bool,
+    /// Messages per relay run (default 100000).
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Alternating warren/raw rounds (default 3).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Skip the RabbitMQ tables.
+    #[arg(long)]
+    no_rabbitmq: bool,
+    /// Folder with echo.wasm (and <lang>/echo.wasm per guest language).
+    #[arg(long, default_value = "plugins")]
+    plugins: PathBuf,
+    /// Only these tables (repeatable; default: all).
+    #[arg(long, value_enum)]
+    only: Vec<warren::bench::TableKind>,
+    /// Also write the tables (Markdown) to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+pub async fn run(c: Bench) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the warren binary")?;
+    let mut config = BenchConfig::full(c.amqp_url, c.plugins, exe);
+    if c.quick {
+        config = config.quick();
+    }
+    config.messages = c.messages.unwrap_or(config.messages);
+    config.rounds = c.rounds.unwrap_or(config.rounds);
+    config.skip_rabbitmq = c.no_rabbitmq;
+    config.only = c.only;
+    let tables = warren::bench::run(&config, |t| println!("{}", t.markdown())).await?;
+    if let Some(path) = c.output {
+        let text: Vec<String> = tables.iter().map(|t| t.markdown()).collect();
+        std::fs::write(&path, text.join("\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
