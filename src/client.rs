@@ -38,6 +38,12 @@ pub async fn send(
     wait: Option<Duration>,
 ) -> Result<SendOutcome> {
     let agent = check_agent_name(agent)?;
+    if !broker.has_agent(&agent).await? {
+        bail!(
+            "{}: is a warren host running with that agent loaded?",
+            Unroutable(Route::Agent(agent.clone()))
+        );
+    }
     let mut replies = match wait {
         Some(_) => Some(
             broker

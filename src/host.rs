@@ -94,15 +94,21 @@ impl Host {
             config.dispatch,
             metrics.clone(),
         ));
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        {
+            let (broker, shutdown) = (broker.clone(), shutdown.clone());
+            tasks.spawn(async move { broker.keep_unroutable(shutdown).await });
+        }
         Ok(Arc::new(Host {
             broker,
             limits,
             runtime,
             registry,
             dispatcher,
-            shutdown: CancellationToken::new(),
+            shutdown,
             consumers: Mutex::new(HashMap::new()),
-            tasks: TaskTracker::new(),
+            tasks,
             guard: config.guard,
             counters: Arc::default(),
             metrics,

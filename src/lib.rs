@@ -12,7 +12,8 @@
 //!
 //! - [`broker`] — the transport seam: the [`broker::Broker`] trait (declare,
 //!   publish-with-confirm, consume, ack / retry / dead-letter, stats) and
-//!   [`broker::memory`], the embedded in-process broker.
+//!   [`broker::memory`], the embedded in-process broker, and [`broker::amqp`],
+//!   RabbitMQ through lapin.
 //! - [`dispatch`] — the loop: delivery → decode → agent → publish → ack, and
 //!   every retry / dead-letter decision with its reason.
 //! - [`runtime`] — wasmtime: loading and checking components against the
@@ -34,6 +35,7 @@
 //!   reach a host running the embedded broker.
 //! - [`status`] — the queue health table.
 //! - [`dlq`] — `warren dlq`: list, show, replay, purge dead letters.
+//! - [`logging`] — log filters that keep message bodies out of every line.
 //! - [`metrics`] and [`http`] — Prometheus `/metrics`, `/healthz`, `/readyz`.
 //! - [`testbench`] — `warren test`: one plugin, no broker.
 //! - [`scaffold`] — `warren new`: a new agent project in Rust, Python or JS.
@@ -53,6 +55,7 @@ pub mod dlq;
 pub mod guard;
 pub mod host;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod mockllm;
 pub mod names;

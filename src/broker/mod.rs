@@ -344,6 +344,17 @@ pub trait Broker: Send + Sync + 'static {
         None
     }
 
+    /// Whether an agent's queue exists (something can receive its messages).
+    async fn has_agent(&self, _agent: &str) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// Keeps what no queue took (see [`amqp::UNROUTABLE`]) in the right
+    /// dead-letter queue, until `shutdown`. A host runs it.
+    async fn keep_unroutable(&self, shutdown: tokio_util::sync::CancellationToken) {
+        shutdown.cancelled().await
+    }
+
     /// Declares an agent's queue, binding and dead-letter queue. Idempotent.
     async fn declare_agent(&self, agent: &str) -> Result<()>;
 

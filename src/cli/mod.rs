@@ -78,25 +78,12 @@ enum LogFormat {
     Json,
 }
 
-/// lapin logs a returned message with its whole body (at WARN) and every
-/// frame (at TRACE): capped here whatever the filter asks, so no log line
-/// carries a message body.
-const NO_BODIES_IN_LOGS: [&str; 4] = [
-    "lapin::returned_messages=error",
-    "lapin::channels=debug",
-    "lapin::frames=debug",
-    "amq_protocol=debug",
-];
-
 fn init_logging(filter: Option<&str>, default: &str, format: LogFormat) {
     let filter = filter
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_string());
-    let mut filter = tracing_subscriber::EnvFilter::new(filter);
-    for cap in NO_BODIES_IN_LOGS {
-        filter = filter.add_directive(cap.parse().expect("a valid directive"));
-    }
+    let filter = warren::logging::env_filter(&filter);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

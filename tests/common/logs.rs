@@ -26,7 +26,7 @@ pub fn capture(filter: &str) {
         let logs = Captured::default();
         let writer = logs.clone();
         tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .with_env_filter(warren::logging::env_filter(filter))
             .json()
             .with_writer(move || writer.clone())
             .init();

@@ -80,3 +80,44 @@ impl Vhost {
         ]);
     }
 }
+
+impl Vhost {
+    /// A plain AMQP client of this vhost (as an outside publisher would be),
+    /// in confirm mode.
+    pub async fn plain_client(&self) -> (lapin::Connection, lapin::Channel) {
+        let conn = lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(Default::default()).await.unwrap();
+        (conn, ch)
+    }
+
+    /// `(ready, unacked)` of every queue of this vhost, by name, as
+    /// RabbitMQ itself counts them.
+    pub fn queues(&self) -> std::collections::HashMap<String, (u64, u64)> {
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-p",
+                &self.name,
+                "--no-table-headers",
+                "--quiet",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ])
+            .output()
+            .expect("running rabbitmqctl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let name = f.next()?.to_string();
+                let ready = f.next()?.parse().ok()?;
+                let unacked = f.next()?.parse().ok()?;
+                Some((name, (ready, unacked)))
+            })
+            .collect()
+    }
+}

@@ -30,16 +30,20 @@
 //! - `publish` — confirmed, `mandatory` publishing that rides out a recovery;
 //! - `headers` — an [`Envelope`] to AMQP properties and back;
 //! - `consume` — consumers and settling a delivery (ack, retry, dead-letter);
-//! - `dead_letters` — reading, replaying and purging a dead-letter queue.
+//! - `dead_letters` — reading, replaying and purging a dead-letter queue;
+//! - `unroutable` — the agent exchange's alternate exchange, and moving what
+//!   lands there to a dead-letter queue.
 
 mod consume;
 mod dead_letters;
 mod headers;
 mod publish;
 mod topology;
+mod unroutable;
 mod url;
 
 pub use headers::{HEADER_ATTEMPT, HEADER_HOPS, HEADER_REASON, HEADER_SENDER};
+pub use unroutable::UNROUTABLE;
 pub use url::redact;
 
 use std::collections::{BTreeSet, HashMap};
@@ -50,11 +54,11 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow};
 use async_trait::async_trait;
 use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 use tracing::{debug, info, warn};
 
 use self::consume::AmqpConsumer;
@@ -156,23 +160,11 @@ impl AmqpBroker {
                 "publisher confirms and persistence are OFF: messages can be lost (benchmark mode)"
             );
         }
-        publish
-            .exchange_declare(
-                config.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("declaring exchange `{}`", config.exchange))?;
         info!(
             "connected to RabbitMQ at {redacted} (exchange `{}`)",
             config.exchange
         );
-        Ok(AmqpBroker {
+        let broker = AmqpBroker {
             inner: Arc::new(Inner {
                 config,
                 redacted,
@@ -185,7 +177,9 @@ impl AmqpBroker {
                 settled: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        broker.inner.declare_exchanges().await?;
+        Ok(broker)
     }
 
     /// Adds agents to those `stats` reports (e.g. the plugins folder's, when
@@ -218,6 +212,24 @@ impl Broker for AmqpBroker {
 
     fn reconnects(&self) -> u64 {
         self.recoveries()
+    }
+
+    async fn has_agent(&self, agent: &str) -> Result<bool> {
+        Ok(self.inner.queue_counts(&names::queue(agent)).await?.is_some())
+    }
+
+    async fn keep_unroutable(&self, shutdown: tokio_util::sync::CancellationToken) {
+        // A failure (a lost connection beyond recovery) is retried: what
+        // waits in the queue is kept meanwhile.
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.inner.move_unroutable(shutdown.clone()).await {
+                warn!("moving unroutable messages: {e:#}; trying again in 5 s");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
     }
 
     async fn declare_agent(&self, agent: &str) -> Result<()> {
