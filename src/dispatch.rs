@@ -371,8 +371,12 @@ impl Dispatcher {
             env.attempt = 1;
         }
         if let Some(traps) = env.headers.get(HEADER_TRAPS) {
-            let traps = traps.parse::<u32>().unwrap_or(0).min(self.config.trap_retries + 1);
-            env.headers.insert(HEADER_TRAPS.to_string(), traps.to_string());
+            let traps = traps
+                .parse::<u32>()
+                .unwrap_or(0)
+                .min(self.config.trap_retries + 1);
+            env.headers
+                .insert(HEADER_TRAPS.to_string(), traps.to_string());
         }
     }
 
@@ -521,9 +525,8 @@ impl Dispatcher {
                 .unwrap_or(0)
                 + 1;
             if traps > self.config.trap_retries {
-                let reason = format!(
-                    "{reason} (gave up after {attempt} attempts, {traps} of them traps)"
-                );
+                let reason =
+                    format!("{reason} (gave up after {attempt} attempts, {traps} of them traps)");
                 return self.dead_letter(agent, m, delivery, reason).await;
             }
             delivery

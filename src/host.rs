@@ -224,7 +224,11 @@ impl Host {
                 warn!(
                     "the config file's section [agents.{section}] names no agent in {} (agents: {}); it applies if such a plugin arrives",
                     dir.display(),
-                    if named.is_empty() { "none".to_string() } else { named.join(", ") }
+                    if named.is_empty() {
+                        "none".to_string()
+                    } else {
+                        named.join(", ")
+                    }
                 );
             }
         }

@@ -6,19 +6,26 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Directives added after the operator's: the more specific target wins.
-pub const NO_BODIES: [&str; 4] = [
-    "lapin::returned_messages=error",
+/// lapin's log of returned messages: off whatever the filter says.
+pub const NO_RETURNED_BODIES: &str = "lapin::returned_messages=off";
+
+/// Caps for a filter that enables TRACE somewhere: the targets that log
+/// frames, at DEBUG at most. (Added only then: a directive also raises a
+/// target the filter had lower.)
+pub const NO_FRAMES: [&str; 3] = [
     "lapin::channels=debug",
     "lapin::frames=debug",
     "amq_protocol=debug",
 ];
 
-/// `spec` (tracing's env-filter syntax) with [`NO_BODIES`] added.
+/// `spec` (tracing's env-filter syntax) with the caps above added.
 pub fn env_filter(spec: &str) -> EnvFilter {
-    let mut filter = EnvFilter::new(spec);
-    for cap in NO_BODIES {
-        filter = filter.add_directive(cap.parse().expect("a valid directive"));
+    let mut filter =
+        EnvFilter::new(spec).add_directive(NO_RETURNED_BODIES.parse().expect("a valid directive"));
+    if spec.to_ascii_lowercase().contains("trace") {
+        for cap in NO_FRAMES {
+            filter = filter.add_directive(cap.parse().expect("a valid directive"));
+        }
     }
     filter
 }

@@ -147,7 +147,9 @@ async fn replay_of_a_still_broken_agent_ends(t: TestHost) {
     assert_eq!(answer.moved, 20);
     assert_eq!(answer.still_failing, Some(20));
     assert!(
-        answer.text().contains("replayed 20 dead letters to agent `worker`, still failing 20"),
+        answer
+            .text()
+            .contains("replayed 20 dead letters to agent `worker`, still failing 20"),
         "{}",
         answer.text()
     );
@@ -156,10 +158,17 @@ async fn replay_of_a_still_broken_agent_ends(t: TestHost) {
     let letters = t.broker.dead_letters("worker").await.unwrap();
     assert_eq!(letters.len(), 20);
     for l in &letters {
-        assert_eq!(l.envelope.headers["x-warren-replays"], "1", "{}", l.envelope.id);
+        assert_eq!(
+            l.envelope.headers["x-warren-replays"], "1",
+            "{}",
+            l.envelope.id
+        );
     }
     assert_eq!(
-        letters.iter().map(|l| l.envelope.id.clone()).collect::<HashSet<_>>(),
+        letters
+            .iter()
+            .map(|l| l.envelope.id.clone())
+            .collect::<HashSet<_>>(),
         ids.iter().cloned().collect()
     );
     // One by id: replayed once.
@@ -183,8 +192,7 @@ async fn replay_of_a_still_broken_agent_ends(t: TestHost) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_of_a_still_broken_agent_ends_embedded() {
-    replay_of_a_still_broken_agent_ends(embedded_host(folder(&[("worker", "grumpy")])).await)
-        .await;
+    replay_of_a_still_broken_agent_ends(embedded_host(folder(&[("worker", "grumpy")])).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,9 +209,12 @@ async fn a_deleted_dead_letter_queue_is_declared_again_and_nothing_stalls() {
     let vh = Vhost::new();
     let t = amqp_host(&vh, folder(&[("worker", "grumpy"), ("echo", "echo")])).await;
     let (_conn, ch) = vh.plain_client().await;
-    ch.queue_delete("agent_worker_queue.dlq".into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
+    ch.queue_delete(
+        "agent_worker_queue.dlq".into(),
+        QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
     // More bad messages than consumers × prefetch (2 × 8): with the DLQ
     // gone and no fix, the agent stalls after 16.
     for i in 0..40 {
@@ -215,9 +226,15 @@ async fn a_deleted_dead_letter_queue_is_declared_again_and_nothing_stalls() {
     assert_eq!(queues["agent_worker_queue"], (0, 0), "{queues:?}");
     assert_eq!(queues["agent_worker_queue.dlq"], (40, 0), "{queues:?}");
     // Good messages of other agents were never held up.
-    let r = client::send(t.broker.as_ref(), "echo", "still here", Default::default(), Some(Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let r = client::send(
+        t.broker.as_ref(),
+        "echo",
+        "still here",
+        Default::default(),
+        Some(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.reply.unwrap().text, "still here");
     t.host.shutdown().await;
 }
@@ -229,12 +246,18 @@ async fn a_deleted_delay_queue_is_declared_again_and_nothing_is_held() {
     let ask = |text: &'static str| {
         let broker = t.broker.clone();
         async move {
-            client::send(broker.as_ref(), "chaos", text, Default::default(), Some(Duration::from_secs(20)))
-                .await
-                .unwrap()
-                .reply
-                .unwrap()
-                .text
+            client::send(
+                broker.as_ref(),
+                "chaos",
+                text,
+                Default::default(),
+                Some(Duration::from_secs(20)),
+            )
+            .await
+            .unwrap()
+            .reply
+            .unwrap()
+            .text
         }
     };
     assert_eq!(ask("flaky:2").await, "ok on attempt 2");
@@ -251,11 +274,16 @@ async fn a_deleted_delay_queue_is_declared_again_and_nothing_is_held() {
             .unwrap();
     }
     let answers = futures::future::join_all((0..20).map(|_| ask("flaky:2"))).await;
-    assert!(answers.iter().all(|a| a == "ok on attempt 2"), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a == "ok on attempt 2"),
+        "{answers:?}"
+    );
     let queues = vh.queues();
     assert_eq!(queues["agent_chaos_queue"], (0, 0), "{queues:?}");
     assert!(
-        queues.keys().any(|q| q.starts_with("agent_chaos_queue.retry.")),
+        queues
+            .keys()
+            .any(|q| q.starts_with("agent_chaos_queue.retry.")),
         "the delay queue was declared again: {queues:?}"
     );
     t.host.shutdown().await;
@@ -288,12 +316,22 @@ async fn a_200kb_reason_reaches_the_dead_letter_queue_without_a_connection_reset
     wait_dead(t.broker.as_ref(), "chaos", 2, 30).await;
     for l in t.broker.dead_letters("chaos").await.unwrap() {
         assert!(l.reason.len() < 5_000, "{}", l.reason.len());
-        assert!(l.reason.contains("[cut: "), "{}", &l.reason[l.reason.len() - 80..]);
+        assert!(
+            l.reason.contains("[cut: "),
+            "{}",
+            &l.reason[l.reason.len() - 80..]
+        );
     }
     assert_eq!(broker.recoveries(), 0, "the connection was reset");
-    let r = client::send(t.broker.as_ref(), "chaos", "still fine", Default::default(), Some(Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let r = client::send(
+        t.broker.as_ref(),
+        "chaos",
+        "still fine",
+        Default::default(),
+        Some(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.reply.unwrap().text, "attempt 1 hops 0");
     t.host.shutdown().await;
 }
@@ -307,13 +345,22 @@ async fn replayed_output_reaches_its_recipient(mut t: TestHost) {
     wait_dead(t.broker.as_ref(), "chaos", 1, 30).await;
     let letter = t.broker.dead_letters("chaos").await.unwrap().remove(0);
     assert_eq!(letter.envelope.id, derive_id(&id, 0));
-    assert!(letter.reason.contains("no such agent `echo`"), "{}", letter.reason);
+    assert!(
+        letter.reason.contains("no such agent `echo`"),
+        "{}",
+        letter.reason
+    );
     // The recipient arrives; the replay goes to it, not back to chaos.
     let file = t.path().join("echo.wasm");
     std::fs::copy(guest("echo"), &file).unwrap();
     t.host.load_plugin(&file).await.unwrap();
-    let replay = Op::Replay { id: None, wait: None };
-    let answer = warren::dlq::run(t.broker.as_ref(), "chaos", replay).await.unwrap();
+    let replay = Op::Replay {
+        id: None,
+        wait: None,
+    };
+    let answer = warren::dlq::run(t.broker.as_ref(), "chaos", replay)
+        .await
+        .unwrap();
     assert_eq!(answer.moved, 1);
     let handled_by = t
         .wait_for(|e| match e {
@@ -334,7 +381,8 @@ async fn a_replayed_undeliverable_output_reaches_its_recipient_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_undeliverable_output_reaches_its_recipient_rabbitmq() {
     let vh = Vhost::new();
-    replayed_output_reaches_its_recipient(amqp_host(&vh, folder(&[("chaos", "chaos")])).await).await;
+    replayed_output_reaches_its_recipient(amqp_host(&vh, folder(&[("chaos", "chaos")])).await)
+        .await;
 }
 
 // ---- 13. A connection close while dead-lettering ----
@@ -357,7 +405,12 @@ async fn a_connection_close_during_a_dead_letter_leaves_exactly_one_entry() {
     // The redelivery (the close requeued the message) must not add another.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let letters = t.broker.dead_letters("chaos").await.unwrap();
-    assert_eq!(letters.len(), 1, "{:?}", letters.iter().map(|l| &l.reason).collect::<Vec<_>>());
+    assert_eq!(
+        letters.len(),
+        1,
+        "{:?}",
+        letters.iter().map(|l| &l.reason).collect::<Vec<_>>()
+    );
     assert_eq!(letters[0].envelope.id, derive_id("m-close-1", 0));
     assert_eq!(vh.queues()["agent_chaos_queue"], (0, 0));
     t.host.shutdown().await;
@@ -391,7 +444,11 @@ async fn an_unreadable_hop_count_is_over_the_limit_and_an_outside_attempt_count_
     }
     wait_dead(t.broker.as_ref(), "chaos", odd.len() as u64, 30).await;
     for l in t.broker.dead_letters("chaos").await.unwrap() {
-        assert!(l.reason.starts_with("bad header: x-warren-hops"), "{}", l.reason);
+        assert!(
+            l.reason.starts_with("bad header: x-warren-hops"),
+            "{}",
+            l.reason
+        );
     }
     // An attempt count of 99 on a first delivery: still every retry.
     let mut headers = FieldTable::default();
@@ -435,20 +492,34 @@ async fn a_second_file_for_the_same_agent_is_refused_and_the_first_keeps_serving
     let t = embedded_host(folder(&[("Echo", "chaos"), ("echo", "echo")])).await;
     let serving = || {
         let pool = t.host.registry().get("echo").expect("echo is served");
-        pool.module().source.file_name().unwrap().to_string_lossy().into_owned()
+        pool.module()
+            .source
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     };
     assert_eq!(serving(), "Echo.wasm");
     let errors = t.host.registry().errors();
     assert_eq!(errors.len(), 1);
     assert!(
-        errors[0].reason.contains("two plugin files for agent `echo`")
+        errors[0]
+            .reason
+            .contains("two plugin files for agent `echo`")
             && errors[0].reason.contains("Echo.wasm")
             && errors[0].reason.contains("echo.wasm"),
         "{}",
         errors[0].reason
     );
     let status = t.host.status().await.unwrap();
-    assert_eq!(status.agents.iter().filter(|a| a.queue.agent == "echo").count(), 1);
+    assert_eq!(
+        status
+            .agents
+            .iter()
+            .filter(|a| a.queue.agent == "echo")
+            .count(),
+        1
+    );
     // Removing the refused file changes nothing.
     let refused = t.path().join("echo.wasm");
     std::fs::remove_file(&refused).unwrap();
@@ -502,7 +573,11 @@ async fn status_shows_the_unclaimed_replies() {
         let status = t.host.status().await.unwrap();
         let r = status.unclaimed_replies.clone().unwrap();
         if r.queued == 3 {
-            assert!(status.table().contains("unclaimed replies: 3 queued"), "{}", status.table());
+            assert!(
+                status.table().contains("unclaimed replies: 3 queued"),
+                "{}",
+                status.table()
+            );
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{r:?}");
@@ -543,7 +618,15 @@ fn no_verb_prints_a_password_with_reserved_characters() {
             vec!["send", "echo", "hi", "--amqp-url", &url],
             vec!["dlq", "list", "echo", "--amqp-url", &url],
             vec!["dlq", "purge", "echo", "--all", "--amqp-url", &url],
-            vec!["run", "--amqp-url", &url, "--plugins", plugins, "--no-http", "--no-watch"],
+            vec![
+                "run",
+                "--amqp-url",
+                &url,
+                "--plugins",
+                plugins,
+                "--no-http",
+                "--no-watch",
+            ],
         ];
         for args in verbs {
             let out = warren_cli(&args);
@@ -570,9 +653,17 @@ fn bad_timeouts_and_counts_are_refused_when_parsed() {
         let out = warren_cli(&["send", "echo", "hi", "--wait", &flag]);
         let text = all_output(&out);
         assert_eq!(out.status.code(), Some(2), "--timeout {timeout}: {text}");
-        assert!(text.contains("--timeout") && !text.contains("panicked"), "{text}");
+        assert!(
+            text.contains("--timeout") && !text.contains("panicked"),
+            "{text}"
+        );
     }
-    for flag in ["--consumers=0", "--in-flight=0", "--prefetch=0", "--max-attempts=0"] {
+    for flag in [
+        "--consumers=0",
+        "--in-flight=0",
+        "--prefetch=0",
+        "--max-attempts=0",
+    ] {
         let out = warren_cli(&["config", flag]);
         let text = all_output(&out);
         assert_eq!(out.status.code(), Some(2), "{flag}: {text}");
@@ -611,7 +702,13 @@ fn what_a_host_ignores_it_says() {
     let config = dir.path().join("warren.toml");
     std::fs::write(&config, "[agents.nosuchagent]\ndeadline_ms = 100\n").unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--config", config.to_str().unwrap(), "run", "--no-http", "--no-watch"])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--no-http",
+            "--no-watch",
+        ])
         .arg("--plugins")
         .arg(&plugins)
         .arg("--control")
@@ -626,10 +723,22 @@ fn what_a_host_ignores_it_says() {
     std::thread::sleep(Duration::from_secs(3));
     let out = terminate(child);
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("ECHO.WASM") && text.contains("lower case"), "{text}");
-    assert!(text.contains("bad.name.wasm"), "the invalid name names its file: {text}");
-    assert!(text.contains("[agents.nosuchagent] names no agent"), "{text}");
-    assert!(text.contains("no plugins in") || text.contains("hosting 0 agents"), "{text}");
+    assert!(
+        text.contains("ECHO.WASM") && text.contains("lower case"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bad.name.wasm"),
+        "the invalid name names its file: {text}"
+    );
+    assert!(
+        text.contains("[agents.nosuchagent] names no agent"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no plugins in") || text.contains("hosting 0 agents"),
+        "{text}"
+    );
 }
 
 // ---- The bad-input corpus: sent = answered + dead-lettered ----
@@ -653,14 +762,27 @@ fn bad_bodies() -> Vec<(&'static str, Vec<u8>)> {
         ("not json", format!("not json {MARK}").into_bytes()),
         ("array", b"[1,2]".to_vec()),
         ("messages not a list", br#"{"messages":"hi"}"#.to_vec()),
-        ("role not a string", br#"{"messages":[{"role":1,"content":"x"}]}"#.to_vec()),
-        ("context not an object", br#"{"messages":[],"context_variables":[1]}"#.to_vec()),
+        (
+            "role not a string",
+            br#"{"messages":[{"role":1,"content":"x"}]}"#.to_vec(),
+        ),
+        (
+            "context not an object",
+            br#"{"messages":[],"context_variables":[1]}"#.to_vec(),
+        ),
         (
             "NaN and Infinity",
-            br#"{"messages":[{"role":"user","content":"x"}],"max_turns":Infinity,"t":NaN}"#.to_vec(),
+            br#"{"messages":[{"role":"user","content":"x"}],"max_turns":Infinity,"t":NaN}"#
+                .to_vec(),
         ),
-        ("invalid UTF-8", b"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}".to_vec()),
-        ("lone surrogate", br#"{"messages":[{"role":"user","content":"\ud800"}]}"#.to_vec()),
+        (
+            "invalid UTF-8",
+            b"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}".to_vec(),
+        ),
+        (
+            "lone surrogate",
+            br#"{"messages":[{"role":"user","content":"\ud800"}]}"#.to_vec(),
+        ),
         ("empty", Vec::new()),
         ("oversized", oversized.into_bytes()),
         ("100k-deep nesting", deep.into_bytes()),
@@ -693,11 +815,26 @@ impl ProbeUser {
             password: format!("Pw{tag}secret"),
         };
         let ctl = |args: &[&str]| {
-            let out = std::process::Command::new("rabbitmqctl").args(args).output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let out = std::process::Command::new("rabbitmqctl")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         ctl(&["add_user", &user.name, &user.password]);
-        ctl(&["set_permissions", "-p", &vh.name, &user.name, ".*", ".*", ".*"]);
+        ctl(&[
+            "set_permissions",
+            "-p",
+            &vh.name,
+            &user.name,
+            ".*",
+            ".*",
+            ".*",
+        ]);
         user
     }
 
@@ -744,22 +881,54 @@ async fn bad_input_corpus_rabbitmq_every_message_is_answered_or_dead_lettered() 
     let mut sent = 0u64;
     for (i, (what, body)) in bad_bodies().into_iter().enumerate() {
         let id = format!("c-{i}-{}", what.replace(' ', "-"));
-        publish_raw(&ch, "agent_exchange", "agent.echo", true, props(&id, "corpus_replies"), &body)
-            .await;
+        publish_raw(
+            &ch,
+            "agent_exchange",
+            "agent.echo",
+            true,
+            props(&id, "corpus_replies"),
+            &body,
+        )
+        .await;
         sent += 1;
     }
     let hello = format!(r#"{{"messages":[{{"role":"user","content":"{MARK} hello"}}]}}"#);
     let loop_body = br#"{"messages":[{"role":"user","content":"loop"}]}"#;
     let cases: Vec<(&str, &str, bool, BasicProperties, &[u8])> = vec![
-        ("ghost, mandatory", "agent.ghost", true, props("c-ghost-m", "corpus_replies"), hello.as_bytes()),
-        ("ghost, no mandatory", "agent.ghost", false, props("c-ghost", "corpus_replies"), hello.as_bytes()),
-        ("missing reply queue", "agent.echo", true, props("c-noreply", "no_such_queue"), hello.as_bytes()),
-        ("loop", "agent.chaos", true, props("c-loop", "corpus_replies"), loop_body),
+        (
+            "ghost, mandatory",
+            "agent.ghost",
+            true,
+            props("c-ghost-m", "corpus_replies"),
+            hello.as_bytes(),
+        ),
+        (
+            "ghost, no mandatory",
+            "agent.ghost",
+            false,
+            props("c-ghost", "corpus_replies"),
+            hello.as_bytes(),
+        ),
+        (
+            "missing reply queue",
+            "agent.echo",
+            true,
+            props("c-noreply", "no_such_queue"),
+            hello.as_bytes(),
+        ),
+        (
+            "loop",
+            "agent.chaos",
+            true,
+            props("c-loop", "corpus_replies"),
+            loop_body,
+        ),
         (
             "hops a bool",
             "agent.echo",
             true,
-            props("c-hops-bool", "corpus_replies").with_headers(header("x-warren-hops", AMQPValue::Boolean(true))),
+            props("c-hops-bool", "corpus_replies")
+                .with_headers(header("x-warren-hops", AMQPValue::Boolean(true))),
             hello.as_bytes(),
         ),
         (
@@ -782,8 +951,10 @@ async fn bad_input_corpus_rabbitmq_every_message_is_answered_or_dead_lettered() 
             "attempt text",
             "agent.echo",
             true,
-            props("c-attempt-text", "corpus_replies")
-                .with_headers(header("x-warren-attempt", AMQPValue::LongString("abc".into()))),
+            props("c-attempt-text", "corpus_replies").with_headers(header(
+                "x-warren-attempt",
+                AMQPValue::LongString("abc".into()),
+            )),
             hello.as_bytes(),
         ),
         (
@@ -805,7 +976,11 @@ async fn bad_input_corpus_rabbitmq_every_message_is_answered_or_dead_lettered() 
         let answered = q.get("corpus_replies").map(|c| c.0).unwrap_or(0);
         let dead: u64 = agents
             .iter()
-            .map(|a| q.get(&format!("agent_{a}_queue.dlq")).map(|c| c.0).unwrap_or(0))
+            .map(|a| {
+                q.get(&format!("agent_{a}_queue.dlq"))
+                    .map(|c| c.0)
+                    .unwrap_or(0)
+            })
             .sum();
         (answered, dead, q)
     };
@@ -831,9 +1006,17 @@ async fn bad_input_corpus_rabbitmq_every_message_is_answered_or_dead_lettered() 
     }
     let ghost = broker.dead_letters("ghost").await.unwrap();
     assert_eq!(ghost.len(), 2, "both ghost messages are kept");
-    assert!(ghost.iter().all(|l| l.reason.contains("no such agent `ghost`")));
+    assert!(
+        ghost
+            .iter()
+            .all(|l| l.reason.contains("no such agent `ghost`"))
+    );
     let expired = broker.dead_letters("sleepy").await.unwrap();
-    assert!(expired[0].reason.contains("expired"), "{}", expired[0].reason);
+    assert!(
+        expired[0].reason.contains("expired"),
+        "{}",
+        expired[0].reason
+    );
     // Nothing else anywhere: no unacked message, nothing stuck.
     for (name, (ready, unacked)) in &q {
         assert_eq!(*unacked, 0, "{name}: {q:?}");
@@ -846,7 +1029,10 @@ async fn bad_input_corpus_rabbitmq_every_message_is_answered_or_dead_lettered() 
     let logs = common::logs::text();
     assert!(logs.contains("dead-lettered"), "logs were captured");
     assert!(!logs.contains(MARK), "a message body reached the logs");
-    assert!(!logs.contains(&user.password), "the password reached the logs");
+    assert!(
+        !logs.contains(&user.password),
+        "the password reached the logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -871,7 +1057,12 @@ async fn bad_input_corpus_embedded_every_message_is_answered_or_dead_lettered() 
     }
     let hello = format!(r#"{{"messages":[{{"role":"user","content":"{MARK} hello"}}]}}"#);
     to("echo", hello.clone().into_bytes(), "no_such_queue").await;
-    to("chaos", br#"{"messages":[{"role":"user","content":"loop"}]}"#.to_vec(), &reply_queue).await;
+    to(
+        "chaos",
+        br#"{"messages":[{"role":"user","content":"loop"}]}"#.to_vec(),
+        &reply_queue,
+    )
+    .await;
     // An unknown agent is refused to the publisher at once.
     let refused = t
         .host
@@ -882,7 +1073,8 @@ async fn bad_input_corpus_embedded_every_message_is_answered_or_dead_lettered() 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut answered = 0u64;
     loop {
-        let dead = dead_count(t.broker.as_ref(), "echo").await + dead_count(t.broker.as_ref(), "chaos").await;
+        let dead = dead_count(t.broker.as_ref(), "echo").await
+            + dead_count(t.broker.as_ref(), "chaos").await;
         if answered + dead >= sent {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let dead = dead_count(t.broker.as_ref(), "echo").await
@@ -891,11 +1083,259 @@ async fn bad_input_corpus_embedded_every_message_is_answered_or_dead_lettered() 
             assert!(answered >= 1);
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "sent {sent}, answered {answered}, dead {dead}");
-        if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(100), replies.next()).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sent {sent}, answered {answered}, dead {dead}"
+        );
+        if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(100), replies.next()).await
+        {
             answered += 1;
             d.ack().await.unwrap();
         }
     }
+    t.host.shutdown().await;
+}
+
+// ---- 18. The retry budget ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_after_retries_still_gets_its_retry_on_a_fresh_instance() {
+    let mut t = embedded_host(folder(&[("chaos", "chaos")])).await;
+    // As if two agent-requested retries had happened already.
+    let mut env = user_envelope("trap", Default::default(), None);
+    env.attempt = 3;
+    let id = env.id.clone();
+    t.host.publish("chaos", env).await.unwrap();
+    let mut retried = false;
+    let reason = t
+        .wait_for(|e| match e {
+            Event::Retrying { id: i, .. } if *i == id => {
+                retried = true;
+                None
+            }
+            Event::DeadLettered { id: i, reason, .. } if *i == id => Some(reason.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(
+        retried,
+        "the trap was retried although attempts were used up: {reason}"
+    );
+    assert!(
+        reason.contains("gave up after 4 attempts, 2 of them traps"),
+        "{reason}"
+    );
+    t.host.shutdown().await;
+}
+
+#[test]
+fn the_default_schedule_rides_out_a_minute_of_rate_limiting() {
+    let c = DispatchConfig::default();
+    // The shortest total wait (every jitter at its minimum) before a
+    // message that keeps asking to retry is dead-lettered.
+    let shortest: Duration = (1..c.max_attempts)
+        .map(|attempt| {
+            let full = c
+                .backoff_base
+                .saturating_mul(1 << (attempt - 1))
+                .min(c.backoff_cap);
+            full / 2
+        })
+        .sum();
+    assert!(shortest >= Duration::from_secs(60), "{shortest:?}");
+    for attempt in 1..c.max_attempts {
+        assert!(warren::dispatch::backoff(&c, attempt) <= c.backoff_cap);
+    }
+}
+
+// ---- 19. `send --wait` across a reconnect ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_published_around_a_reconnect_reaches_send_wait() {
+    let vh = Vhost::new();
+    let t = amqp_host(&vh, folder(&[("chaos", "chaos")])).await;
+    let client_broker: Arc<dyn Broker> = Arc::new(
+        AmqpBroker::connect(AmqpConfig::new(vh.url()))
+            .await
+            .unwrap(),
+    );
+    let waiting = {
+        let b = client_broker.clone();
+        tokio::spawn(async move {
+            client::send(
+                b.as_ref(),
+                "chaos",
+                "sleep:2000",
+                Default::default(),
+                Some(Duration::from_secs(30)),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Both the host's and the client's connections go.
+    vh.close_all_connections();
+    let outcome = waiting.await.unwrap().unwrap();
+    assert_eq!(outcome.reply.unwrap().text, "slept 2000 ms");
+    assert_eq!(dead_count(t.broker.as_ref(), "chaos").await, 0);
+    // The reply queue went with its consumer.
+    assert!(
+        !vh.queues().keys().any(|q| q.starts_with("warren.reply.")),
+        "{:?}",
+        vh.queues()
+    );
+    t.host.shutdown().await;
+}
+
+// ---- 2. A dead-letter queue that cannot be declared again: loud ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_queue_that_cannot_be_declared_is_reported_not_stalled_on() {
+    let vh = Vhost::new();
+    let t = amqp_host(&vh, folder(&[("worker", "grumpy"), ("echo", "echo")])).await;
+    let (_conn, ch) = vh.plain_client().await;
+    ch.queue_delete(
+        "agent_worker_queue.dlq".into(),
+        QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ctl = |configure: &str| {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([
+                "set_permissions",
+                "-p",
+                &vh.name,
+                "guest",
+                configure,
+                ".*",
+                ".*",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The host may no longer make that queue.
+    ctl(r"^(?!agent_worker_queue\.dlq$).*");
+    for i in 0..3 {
+        let env = user_envelope(&format!("bad {i}"), Default::default(), None);
+        t.host.publish("worker", env).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = t.host.readiness();
+        if !r.ready {
+            assert!(
+                r.problems
+                    .iter()
+                    .any(|p| p.contains("agent `worker` cannot settle its messages")),
+                "{:?}",
+                r.problems
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still ready: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = t.host.status().await.unwrap();
+    let worker = status
+        .agents
+        .iter()
+        .find(|a| a.queue.agent == "worker")
+        .unwrap();
+    assert_eq!(worker.queue.status, "settling fails");
+    assert!(
+        worker
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("settling failed"),
+        "{worker:?}"
+    );
+    assert!(t.host.metrics_text().contains(r#"kind="settle""#));
+    // Nothing is held meanwhile: the messages go back to the queue, and
+    // other agents carry on.
+    let r = client::send(
+        t.broker.as_ref(),
+        "echo",
+        "fine",
+        Default::default(),
+        Some(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.reply.unwrap().text, "fine");
+    // Allowed again: every message reaches the declared-again DLQ.
+    ctl(".*");
+    wait_dead(t.broker.as_ref(), "worker", 3, 30).await;
+    assert_eq!(vh.queues()["agent_worker_queue"], (0, 0));
+    t.host.shutdown().await;
+}
+
+// ---- 17. Quorum queues dead-letter at least once ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_delay_and_agent_queues_dead_letter_at_least_once() {
+    let vh = Vhost::new();
+    let config = AmqpConfig {
+        queue_type: warren::broker::amqp::QueueType::Quorum,
+        ..AmqpConfig::new(vh.url())
+    };
+    let broker: Arc<dyn Broker> = Arc::new(AmqpBroker::connect(config).await.unwrap());
+    let t = start_on(
+        broker.clone(),
+        folder(&[("chaos", "chaos")]),
+        runtime_config(InstanceMode::Reuse),
+        dispatch(),
+    )
+    .await;
+    let r = client::send(
+        broker.as_ref(),
+        "chaos",
+        "flaky:2",
+        Default::default(),
+        Some(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.reply.unwrap().text, "ok on attempt 2");
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-p",
+            &vh.name,
+            "--no-table-headers",
+            "--quiet",
+            "name",
+            "arguments",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no queue {prefix}: {text}"))
+            .to_string()
+    };
+    for q in [
+        "agent_chaos_queue.retry.",
+        "agent_chaos_queue\t",
+        "agent_chaos_queue ",
+    ] {
+        if !text.lines().any(|l| l.starts_with(q)) {
+            continue;
+        }
+        let l = line(q);
+        assert!(
+            l.contains("at-least-once") && l.contains("reject-publish"),
+            "{l}"
+        );
+    }
+    assert!(line("agent_chaos_queue.retry.").contains("at-least-once"));
     t.host.shutdown().await;
 }

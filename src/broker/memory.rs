@@ -270,7 +270,10 @@ impl Broker for MemoryBroker {
         for letter in taken {
             let route = letter.envelope.replay_route(agent);
             let id = letter.envelope.id.clone();
-            match self.publish(&route, letter.envelope.clone().for_replay()).await {
+            match self
+                .publish(&route, letter.envelope.clone().for_replay())
+                .await
+            {
                 Ok(()) => done.ids.push(id),
                 Err(e) if e.downcast_ref::<Unroutable>().is_some() => undeliverable.push(letter),
                 Err(e) => return Err(e),

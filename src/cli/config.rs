@@ -15,6 +15,9 @@ pub fn run(matches: &clap::ArgMatches) -> Result<()> {
     let (_, m) = matches.subcommand().expect("the config command");
     let cmd = super::Cli::command();
     let sub = cmd.find_subcommand("config").expect("the config command");
-    print!("{}", warren::config::render(sub, m, super::agent_sections()));
+    print!(
+        "{}",
+        warren::config::render(sub, m, super::agent_sections())
+    );
     Ok(())
 }

@@ -4,8 +4,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::args::RemoteArgs;
-use warren::{Broker as _, control};
 use warren::dlq::Op;
+use warren::{Broker as _, control};
 
 #[derive(Subcommand)]
 pub enum DlqCommand {

@@ -41,7 +41,11 @@ pub async fn run(c: StatusCmd) -> Result<()> {
         }
     };
     if let Some(secs) = c.watch {
-        let every = Duration::from_secs_f64(if secs.is_finite() { secs.clamp(0.2, 3600.0) } else { 2.0 });
+        let every = Duration::from_secs_f64(if secs.is_finite() {
+            secs.clamp(0.2, 3600.0)
+        } else {
+            2.0
+        });
         let mut previous: Option<(Status, std::time::Instant)> = None;
         loop {
             let status = fetch().await?;

@@ -64,7 +64,10 @@ impl Inner {
     fn remember_settled(&self, key: &str, attempt: u32) {
         let mut settled = self.settled.lock().unwrap();
         if settled.len() >= MAX_REMEMBERED {
-            warn!("forgetting {} settled deliveries whose ack was lost", settled.len());
+            warn!(
+                "forgetting {} settled deliveries whose ack was lost",
+                settled.len()
+            );
             settled.clear();
         }
         settled.insert(key.to_string(), attempt);
@@ -73,7 +76,11 @@ impl Inner {
     /// Publishes a dead-letter copy, declaring the agent's dead-letter
     /// queue again if it was deleted.
     pub(super) async fn publish_dead_letter(
-        &self, agent: &str, envelope: &Envelope, reason: &str) -> Result<()> {
+        &self,
+        agent: &str,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> Result<()> {
         let route = Route::Queue(names::dead_letter_queue(agent));
         let extra = || Extra {
             reason: Some(reason),
@@ -166,7 +173,11 @@ impl Consumer for AmqpConsumer {
         }
         if self.agent.is_none() {
             let opts = lapin::options::QueueDeleteOptions::default();
-            if let Err(e) = self.channel.queue_delete(self.queue.as_str().into(), opts).await {
+            if let Err(e) = self
+                .channel
+                .queue_delete(self.queue.as_str().into(), opts)
+                .await
+            {
                 debug!(queue = self.queue, "deleting the reply queue: {e}");
             }
         }
@@ -232,7 +243,9 @@ impl AmqpAcker {
             Ok(true) => {}
             // The channel is gone: RabbitMQ requeues everything it held.
             Ok(false) => debug!("give-back: the delivery's channel is gone; RabbitMQ requeues it"),
-            Err(e) => debug!("give-back failed ({e}); RabbitMQ requeues it when the channel closes"),
+            Err(e) => {
+                debug!("give-back failed ({e}); RabbitMQ requeues it when the channel closes")
+            }
         }
     }
 
@@ -282,7 +295,9 @@ impl Acker for AmqpAcker {
         envelope.next_attempt(reason);
         if let Err(e) = self.publish_retry(&agent, &envelope, delay).await {
             self.give_back().await;
-            return Err(e.context("publishing the retry failed; the message went back to its queue"));
+            return Err(
+                e.context("publishing the retry failed; the message went back to its queue")
+            );
         }
         envelope.attempt = attempt;
         self.ack_original(&envelope).await
@@ -290,7 +305,11 @@ impl Acker for AmqpAcker {
 
     async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: &str) -> Result<()> {
         let agent = self.agent()?.to_string();
-        if let Err(e) = self.inner.publish_dead_letter(&agent, &envelope, reason).await {
+        if let Err(e) = self
+            .inner
+            .publish_dead_letter(&agent, &envelope, reason)
+            .await
+        {
             self.give_back().await;
             return Err(e.context("dead-lettering failed; the message went back to its queue"));
         }

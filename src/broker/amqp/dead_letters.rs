@@ -13,11 +13,21 @@ use super::headers::{Extra, envelope};
 use crate::broker::{DeadLetter, Replayed, Unroutable};
 use crate::names;
 
+fn no_dead_letter_queue(agent: &str) -> String {
+    format!(
+        "agent `{agent}` has no dead-letter queue (`{}` does not exist): is the agent name right, and is this its vhost?",
+        names::dead_letter_queue(agent)
+    )
+}
+
 impl Inner {
     /// Gets the agent's dead letters unacked on a private channel, then
     /// closes it, which puts them all back in order.
     pub(super) async fn peek_dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>> {
         let dlq = names::dead_letter_queue(agent);
+        if self.queue_counts(&dlq).await?.is_none() {
+            anyhow::bail!(no_dead_letter_queue(agent));
+        }
         let channel = self.connection.create_channel().await?;
         let mut out = Vec::new();
         while let Some(msg) = channel
@@ -51,7 +61,7 @@ impl Inner {
         let dlq = names::dead_letter_queue(agent);
         let snapshot = match self.queue_counts(&dlq).await? {
             Some((ready, _)) => ready,
-            None => anyhow::bail!("agent `{agent}` has no dead-letter queue (`{dlq}` does not exist)"),
+            None => anyhow::bail!(no_dead_letter_queue(agent)),
         };
         let channel = self.connection.create_channel().await?;
         let mut done = Replayed::default();

@@ -115,7 +115,9 @@ fn death_reason(headers: &FieldTable) -> Option<String> {
     let why = field("reason").unwrap_or_else(|| "unknown".into());
     let queue = field("queue").unwrap_or_else(|| "?".into());
     let what = match why.as_str() {
-        "expired" => "its TTL (message expiration or the queue's x-message-ttl) passed while it was queued",
+        "expired" => {
+            "its TTL (message expiration or the queue's x-message-ttl) passed while it was queued"
+        }
         "rejected" => "a consumer rejected it without requeue",
         "maxlen" => "the queue was over its length limit",
         "delivery_limit" => "it was redelivered more often than the quorum queue's delivery limit",
@@ -154,7 +156,10 @@ pub(super) fn envelope(props: &BasicProperties, body: Vec<u8>) -> (Envelope, Opt
         .as_ref()
         .map(|s| s.as_str().to_string())
         .filter(|r| !r.is_empty());
-    env.timestamp = props.timestamp().map(|t| t.saturating_mul(1000)).unwrap_or(0);
+    env.timestamp = props
+        .timestamp()
+        .map(|t| t.saturating_mul(1000))
+        .unwrap_or(0);
     let mut reason = None;
     if let Some(headers) = props.headers() {
         for (k, v) in headers.inner() {
@@ -250,10 +255,16 @@ mod tests {
         for v in bad {
             let env = with_header(HEADER_HOPS, v.clone());
             assert_eq!(env.hops, u32::MAX, "{v:?}");
-            assert!(env.headers[HEADER_BAD].starts_with("x-warren-hops"), "{v:?}");
+            assert!(
+                env.headers[HEADER_BAD].starts_with("x-warren-hops"),
+                "{v:?}"
+            );
         }
         assert_eq!(with_header(HEADER_HOPS, AMQPValue::ShortInt(4)).hops, 4);
-        assert_eq!(with_header(HEADER_HOPS, AMQPValue::LongString("7".into())).hops, 7);
+        assert_eq!(
+            with_header(HEADER_HOPS, AMQPValue::LongString("7".into())).hops,
+            7
+        );
     }
 
     #[test]
@@ -273,6 +284,10 @@ mod tests {
         let (_, reason) = envelope(&props, vec![]);
         let reason = reason.unwrap();
         assert!(reason.len() < MAX_HEADER_VALUE + 100, "{}", reason.len());
-        assert!(reason.contains("200000 bytes"), "{}", &reason[reason.len() - 60..]);
+        assert!(
+            reason.contains("200000 bytes"),
+            "{}",
+            &reason[reason.len() - 60..]
+        );
     }
 }

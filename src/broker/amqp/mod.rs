@@ -54,8 +54,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow};
 use async_trait::async_trait;
 use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -215,7 +215,11 @@ impl Broker for AmqpBroker {
     }
 
     async fn has_agent(&self, agent: &str) -> Result<bool> {
-        Ok(self.inner.queue_counts(&names::queue(agent)).await?.is_some())
+        Ok(self
+            .inner
+            .queue_counts(&names::queue(agent))
+            .await?
+            .is_some())
     }
 
     async fn keep_unroutable(&self, shutdown: tokio_util::sync::CancellationToken) {
@@ -328,11 +332,7 @@ impl Broker for AmqpBroker {
         );
         let channel = inner.connection.create_channel().await?;
         channel
-            .queue_declare(
-                name.as_str().into(),
-                QueueDeclareOptions::default(),
-                args,
-            )
+            .queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args)
             .await
             .context("declaring the reply queue")?;
         let consumer = channel
@@ -427,4 +427,3 @@ impl Broker for AmqpBroker {
         }
     }
 }
-

@@ -1,6 +1,7 @@
 //! Publishing: persistent, `mandatory`, confirmed, re-sent across a recovery.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use lapin::options::BasicPublishOptions;
@@ -72,8 +73,14 @@ impl Inner {
         }
     }
 
-    /// Dead-letters a returned (unroutable) message that lapin attributed
-    /// to another publish, into the sending agent's dead-letter queue.
+    /// Keeps a returned (unroutable) message that lapin attributed to
+    /// another publish (whose caller saw a plain ack and went on):
+    ///
+    /// - a settling copy (retry or dead letter) whose queue was deleted:
+    ///   the queue is declared again and the copy sent again;
+    /// - an agent's output: into that agent's dead-letter queue;
+    /// - a user's message to an agent that does not exist: into the
+    ///   dead-letter queue of the agent it was for.
     fn keep_stray_return(
         &self,
         returned: lapin::message::BasicReturnMessage,
@@ -81,31 +88,89 @@ impl Inner {
         Box::pin(async move {
             let routing_key = returned.delivery.routing_key.to_string();
             let exchange = returned.delivery.exchange.to_string();
-            let (mut env, _) = envelope(&returned.delivery.properties, returned.delivery.data);
+            let props = returned.delivery.properties.clone();
+            if exchange.is_empty()
+                && let Some((agent, delay)) = settling_queue(&routing_key)
+            {
+                let declared = match delay {
+                    Some(ms) => {
+                        self.forget_delay_queue(&routing_key);
+                        self.delay_queue(agent, Duration::from_millis(ms))
+                            .await
+                            .map(|_| ())
+                    }
+                    None => self.declare_dead_letter_queue(agent).await,
+                };
+                let route = Route::Queue(routing_key.clone());
+                let sent = match declared {
+                    Ok(()) => {
+                        self.publish(
+                            "",
+                            &routing_key,
+                            props.clone(),
+                            &returned.delivery.data,
+                            &route,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(()) => {
+                        warn!(
+                            agent,
+                            queue = routing_key,
+                            "a settling copy found its queue deleted; declared it again and sent it again"
+                        );
+                        return;
+                    }
+                    Err(e) => tracing::error!(
+                        agent,
+                        queue = routing_key,
+                        "sending a settling copy again failed: {e:#}; keeping it in the dead-letter queue"
+                    ),
+                }
+            }
+            let (mut env, _) = envelope(&props, returned.delivery.data);
             let destination = match routing_key.strip_prefix("agent.") {
                 Some(agent) if exchange == self.config.exchange => Route::Agent(agent.into()),
                 _ => Route::Queue(routing_key.clone()),
             };
             env.headers
                 .insert(HEADER_DESTINATION.to_string(), destination.tag());
-            let Some(agent) = env.sender.clone() else {
-                tracing::error!(
-                    id = env.id,
-                    routing_key,
-                    "a message sent from outside any agent was unroutable and returned by RabbitMQ; nobody can receive it"
-                );
-                return;
+            let (keeper, reason) = match (&env.sender, &destination) {
+                (Some(sender), _) => (
+                    sender.clone(),
+                    format!("no queue is bound to `{routing_key}`: sent by `{sender}`"),
+                ),
+                (None, Route::Agent(target)) if names::validate(target).is_ok() => (
+                    target.clone(),
+                    format!(
+                        "{}: sent from outside any agent",
+                        Unroutable(destination.clone())
+                    ),
+                ),
+                (None, _) => match settling_queue(&routing_key) {
+                    Some((agent, _)) => (
+                        agent.to_string(),
+                        format!(
+                            "its queue `{routing_key}` was deleted and could not be declared again"
+                        ),
+                    ),
+                    None => {
+                        tracing::error!(
+                            id = env.id,
+                            routing_key,
+                            "a message sent from outside any agent was unroutable and returned by RabbitMQ; nobody can receive it"
+                        );
+                        return;
+                    }
+                },
             };
-            let reason = format!("no queue is bound to `{routing_key}`: sent by `{agent}`");
-            warn!(agent, id = env.id, "{reason}; dead-lettered");
-            let dlq = Route::Queue(names::dead_letter_queue(&agent));
-            let extra = Extra {
-                reason: Some(&reason),
-                ..Default::default()
-            };
-            if let Err(e) = self.publish_envelope(&dlq, &env, extra).await {
+            warn!(agent = keeper, id = env.id, "{reason}; dead-lettered");
+            if let Err(e) = self.publish_dead_letter(&keeper, &env, &reason).await {
                 tracing::error!(
-                    agent,
+                    agent = keeper,
                     id = env.id,
                     "dead-lettering a returned message failed: {e:#}"
                 );
@@ -154,5 +219,33 @@ impl Inner {
             route,
         )
         .await
+    }
+}
+
+/// The agent and delay (`None`: the dead-letter queue) of a queue that
+/// settling publishes to: `agent_{a}_queue.retry.{n}ms` or `agent_{a}_queue.dlq`.
+fn settling_queue(name: &str) -> Option<(&str, Option<u64>)> {
+    let rest = name.strip_prefix("agent_")?;
+    if let Some(agent) = rest.strip_suffix("_queue.dlq") {
+        return Some((agent, None));
+    }
+    let (agent, delay) = rest.split_once("_queue.retry.")?;
+    let ms = delay.strip_suffix("ms")?.parse().ok()?;
+    Some((agent, Some(ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settling_queue;
+
+    #[test]
+    fn settling_queues_are_recognised() {
+        assert_eq!(settling_queue("agent_a_b_queue.dlq"), Some(("a_b", None)));
+        assert_eq!(
+            settling_queue("agent_x_queue.retry.64ms"),
+            Some(("x", Some(64)))
+        );
+        assert_eq!(settling_queue("agent_x_queue"), None);
+        assert_eq!(settling_queue("warren.reply.1.2.ab"), None);
     }
 }

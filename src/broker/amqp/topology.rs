@@ -70,7 +70,12 @@ impl Inner {
         result
     }
 
-    async fn declare(&self, name: &str, args: FieldTable, passive: bool) -> Result<(), lapin::Error> {
+    async fn declare(
+        &self,
+        name: &str,
+        args: FieldTable,
+        passive: bool,
+    ) -> Result<(), lapin::Error> {
         let name_s: ShortString = name.into();
         self.on_temp_channel(|ch| async move {
             ch.queue_declare(
@@ -91,7 +96,12 @@ impl Inner {
     /// Declares a durable queue with `args`; one that exists with other
     /// arguments is used as it is, with a warning naming `cost`: what is
     /// lost without warren's arguments.
-    pub(super) async fn declare_queue(&self, name: &str, args: FieldTable, cost: &str) -> Result<()> {
+    pub(super) async fn declare_queue(
+        &self,
+        name: &str,
+        args: FieldTable,
+        cost: &str,
+    ) -> Result<()> {
         let error = match self.declare(name, args, false).await {
             Ok(()) => return Ok(()),
             Err(e) => e.to_string(),
@@ -125,7 +135,11 @@ impl Inner {
     }
 
     /// The delay queue for `delay`: one per power-of-two bucket of milliseconds.
-    pub(super) async fn delay_queue(&self, agent: &str, delay: std::time::Duration) -> Result<String> {
+    pub(super) async fn delay_queue(
+        &self,
+        agent: &str,
+        delay: std::time::Duration,
+    ) -> Result<String> {
         let ms = (delay.as_millis() as u64).max(1);
         let bucket = ms.next_power_of_two();
         let name = format!("{}.retry.{bucket}ms", names::queue(agent));

@@ -22,12 +22,12 @@
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
+use lapin::ExchangeKind;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::ExchangeKind;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -48,8 +48,13 @@ impl Inner {
             ..Default::default()
         };
         self.on_temp_channel(|ch| async move {
-            ch.exchange_declare(UNROUTABLE.into(), ExchangeKind::Fanout, durable, FieldTable::default())
-                .await?;
+            ch.exchange_declare(
+                UNROUTABLE.into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
             ch.queue_declare(
                 UNROUTABLE.into(),
                 QueueDeclareOptions {
@@ -153,8 +158,13 @@ impl Inner {
                     // It may exist by now (an agent loaded meanwhile).
                     if self.queue_counts(&names::queue(target)).await?.is_some() {
                         let route = Route::Queue(names::queue(target));
-                        self.publish_envelope(&route, &env, Default::default()).await?;
-                        info!(agent = target, id = env.id, "a message that was unroutable is delivered: its agent exists now");
+                        self.publish_envelope(&route, &env, Default::default())
+                            .await?;
+                        info!(
+                            agent = target,
+                            id = env.id,
+                            "a message that was unroutable is delivered: its agent exists now"
+                        );
                         return Ok::<_, anyhow::Error>(());
                     }
                 }
@@ -171,16 +181,24 @@ impl Inner {
                         format!("{missing}: published from outside warren, without `mandatory`"),
                     ),
                     _ => {
-                        error!(id = env.id, routing_key, "an unroutable message for no agent stays in `{UNROUTABLE}`.dlq");
+                        error!(
+                            id = env.id,
+                            routing_key,
+                            "an unroutable message for no agent stays in `{UNROUTABLE}`.dlq"
+                        );
                         let route = Route::Queue(format!("{UNROUTABLE}.dlq"));
                         self.declare_queue(&format!("{UNROUTABLE}.dlq"), FieldTable::default(), "")
                             .await?;
-                        return self.publish_envelope(&route, &env, Default::default()).await;
+                        return self
+                            .publish_envelope(&route, &env, Default::default())
+                            .await;
                     }
                 };
                 if let Some(t) = &target {
-                    env.headers
-                        .insert(HEADER_DESTINATION.to_string(), Route::Agent(t.clone()).tag());
+                    env.headers.insert(
+                        HEADER_DESTINATION.to_string(),
+                        Route::Agent(t.clone()).tag(),
+                    );
                 }
                 warn!(agent = keeper, id = env.id, "{reason}; dead-lettered");
                 self.publish_dead_letter(&keeper, &env, &reason).await

@@ -52,7 +52,9 @@ mod tests {
         assert_eq!(redact("amqps://u:p@a@host/vh"), "amqps://***@host/vh");
         assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
         assert_eq!(redact("amqp://user@host"), "amqp://***@host");
-        for password in ["Se/cret9", "a/b@c", "q?x=1", "h#sh", "p%2Fq", "x:y:z", "/@/"] {
+        for password in [
+            "Se/cret9", "a/b@c", "q?x=1", "h#sh", "p%2Fq", "x:y:z", "/@/",
+        ] {
             let url = format!("amqp://probe:{password}@127.0.0.1:5672/%2f");
             let shown = redact(&url);
             assert_eq!(shown, "amqp://***@127.0.0.1:5672/%2f", "{password}");
