@@ -1,0 +1,153 @@
+//! Against the 3-node cluster of `scripts/rabbitmq-cluster.sh` (started by
+//! the test when it is not up): quorum queues through the loss of a node.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use warren::broker::amqp::{AmqpBroker, AmqpConfig, QueueType};
+use warren::dispatch::{DispatchConfig, Event};
+use warren::runtime::InstanceMode;
+use warren::{Broker, client};
+
+fn cluster(args: &[&str]) {
+    let out = Command::new(root().join("scripts/rabbitmq-cluster.sh"))
+        .args(args)
+        .output()
+        .expect("running scripts/rabbitmq-cluster.sh");
+    assert!(
+        out.status.success(),
+        "rabbitmq-cluster.sh {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ctl(node: u32, args: &[&str]) -> String {
+    let out = Command::new("runuser")
+        .args([
+            "-u",
+            "rabbitmq",
+            "--",
+            "env",
+            "HOME=/var/lib/rabbitmq",
+            "rabbitmqctl",
+            "-n",
+        ])
+        .arg(format!("warren-c{node}@localhost"))
+        .args(args)
+        .output()
+        .expect("running rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The node (1-3) leading a quorum queue.
+fn leader(node: u32, vhost: &str, queue: &str) -> u32 {
+    let text = ctl(
+        node,
+        &[
+            "list_queues",
+            "-p",
+            vhost,
+            "--no-table-headers",
+            "--quiet",
+            "name",
+            "leader",
+        ],
+    );
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(queue))
+        .unwrap_or_else(|| panic!("no queue {queue}: {text}"));
+    let leader = line.split_whitespace().nth(1).unwrap();
+    leader
+        .trim_start_matches("warren-c")
+        .split('@')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("leader {leader}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_waiting_in_quorum_delay_queues_survive_the_loss_of_the_agent_queues_leader() {
+    cluster(&["up"]);
+    let vhost = format!("warren-cluster-{}", &warren::dispatch::new_id()[2..12]);
+    ctl(1, &["add_vhost", &vhost]);
+    ctl(
+        1,
+        &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"],
+    );
+    let url = |n: u32| format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", 5700 + n);
+    let quorum = |n: u32| AmqpConfig {
+        queue_type: QueueType::Quorum,
+        ..AmqpConfig::new(url(n))
+    };
+    // Declare first, then host on a node that does not lead the agent queue.
+    let probe = AmqpBroker::connect(quorum(1)).await.unwrap();
+    probe.declare_agent("chaos").await.unwrap();
+    probe.close().await;
+    let lead = leader(1, &vhost, "agent_chaos_queue");
+    let home = (1..=3).find(|n| *n != lead).unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(AmqpBroker::connect(quorum(home)).await.unwrap());
+    let dispatch = DispatchConfig {
+        // The first retry waits 2-4 s: long enough to lose a node under it.
+        backoff_base: Duration::from_millis(4_000),
+        backoff_cap: Duration::from_secs(8),
+        max_attempts: 5,
+        ..fast_dispatch()
+    };
+    let mut t = start_on(
+        broker.clone(),
+        plugins_dir(&["chaos"]),
+        runtime_config(InstanceMode::Reuse),
+        dispatch,
+    )
+    .await;
+    let n = 20;
+    let mut waiting = Vec::new();
+    for _ in 0..n {
+        let b = broker.clone();
+        waiting.push(tokio::spawn(async move {
+            client::send(
+                b.as_ref(),
+                "chaos",
+                "flaky:2",
+                Default::default(),
+                Some(Duration::from_secs(90)),
+            )
+            .await
+        }));
+    }
+    // Every message asked for its retry: now the leader goes.
+    let mut retrying = 0;
+    while retrying < n {
+        t.wait_for(|e| matches!(e, Event::Retrying { .. }).then_some(()))
+            .await;
+        retrying += 1;
+    }
+    let stopped = leader(home, &vhost, "agent_chaos_queue");
+    assert_ne!(stopped, home);
+    cluster(&["stop", &stopped.to_string()]);
+    let mut answered = 0;
+    for w in waiting {
+        let outcome = w
+            .await
+            .unwrap()
+            .expect("answered after the leader was lost");
+        assert_eq!(outcome.reply.unwrap().text, "ok on attempt 2");
+        answered += 1;
+    }
+    assert_eq!(answered, n);
+    cluster(&["start", &stopped.to_string()]);
+    t.host.shutdown().await;
+    ctl(home, &["delete_vhost", &vhost]);
+}
