@@ -226,16 +226,10 @@ async fn a_deleted_dead_letter_queue_is_declared_again_and_nothing_stalls() {
     assert_eq!(queues["agent_worker_queue"], (0, 0), "{queues:?}");
     assert_eq!(queues["agent_worker_queue.dlq"], (40, 0), "{queues:?}");
     // Good messages of other agents were never held up.
-    let r = client::send(
-        t.broker.as_ref(),
-        "echo",
-        "still here",
-        Default::default(),
-        Some(Duration::from_secs(20)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.reply.unwrap().text, "still here");
+    assert_eq!(
+        answer(t.broker.as_ref(), "echo", "still here", 20).await,
+        "still here"
+    );
     t.host.shutdown().await;
 }
 
@@ -245,20 +239,7 @@ async fn a_deleted_delay_queue_is_declared_again_and_nothing_is_held() {
     let t = amqp_host(&vh, folder(&[("chaos", "chaos")])).await;
     let ask = |text: &'static str| {
         let broker = t.broker.clone();
-        async move {
-            client::send(
-                broker.as_ref(),
-                "chaos",
-                text,
-                Default::default(),
-                Some(Duration::from_secs(20)),
-            )
-            .await
-            .unwrap()
-            .reply
-            .unwrap()
-            .text
-        }
+        async move { answer(broker.as_ref(), "chaos", text, 20).await }
     };
     assert_eq!(ask("flaky:2").await, "ok on attempt 2");
     let (_conn, ch) = vh.plain_client().await;
@@ -323,16 +304,10 @@ async fn a_200kb_reason_reaches_the_dead_letter_queue_without_a_connection_reset
         );
     }
     assert_eq!(broker.recoveries(), 0, "the connection was reset");
-    let r = client::send(
-        t.broker.as_ref(),
-        "chaos",
-        "still fine",
-        Default::default(),
-        Some(Duration::from_secs(20)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.reply.unwrap().text, "attempt 1 hops 0");
+    assert_eq!(
+        answer(t.broker.as_ref(), "chaos", "still fine", 20).await,
+        "attempt 1 hops 0"
+    );
     t.host.shutdown().await;
 }
 
@@ -1173,6 +1148,27 @@ async fn a_reply_published_around_a_reconnect_reaches_send_wait() {
         })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
+    // The reply queue is neither exclusive nor auto-delete (RabbitMQ would
+    // delete those with the connection), and expires if its client dies.
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-p",
+            &vh.name,
+            "--no-table-headers",
+            "--quiet",
+        ])
+        .args(["name", "exclusive", "auto_delete", "arguments"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let reply = text
+        .lines()
+        .find(|l| l.starts_with("warren.reply."))
+        .unwrap_or_else(|| panic!("no reply queue: {text}"));
+    let fields: Vec<&str> = reply.split_whitespace().collect();
+    assert_eq!(&fields[1..3], ["false", "false"], "{reply}");
+    assert!(reply.contains("x-expires"), "{reply}");
     // Both the host's and the client's connections go.
     vh.close_all_connections();
     let outcome = waiting.await.unwrap().unwrap();
@@ -1259,16 +1255,7 @@ async fn a_dead_letter_queue_that_cannot_be_declared_is_reported_not_stalled_on(
     assert!(t.host.metrics_text().contains(r#"kind="settle""#));
     // Nothing is held meanwhile: the messages go back to the queue, and
     // other agents carry on.
-    let r = client::send(
-        t.broker.as_ref(),
-        "echo",
-        "fine",
-        Default::default(),
-        Some(Duration::from_secs(20)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.reply.unwrap().text, "fine");
+    assert_eq!(answer(t.broker.as_ref(), "echo", "fine", 20).await, "fine");
     // Allowed again: every message reaches the declared-again DLQ.
     ctl(".*");
     wait_dead(t.broker.as_ref(), "worker", 3, 30).await;
@@ -1293,16 +1280,10 @@ async fn quorum_delay_and_agent_queues_dead_letter_at_least_once() {
         dispatch(),
     )
     .await;
-    let r = client::send(
-        broker.as_ref(),
-        "chaos",
-        "flaky:2",
-        Default::default(),
-        Some(Duration::from_secs(30)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.reply.unwrap().text, "ok on attempt 2");
+    assert_eq!(
+        answer(broker.as_ref(), "chaos", "flaky:2", 30).await,
+        "ok on attempt 2"
+    );
     let out = std::process::Command::new("rabbitmqctl")
         .args([
             "list_queues",
@@ -1338,4 +1319,33 @@ async fn quorum_delay_and_agent_queues_dead_letter_at_least_once() {
     }
     assert!(line("agent_chaos_queue.retry.").contains("at-least-once"));
     t.host.shutdown().await;
+}
+
+// ---- 10. What the CLI says when reading RabbitMQ ----
+
+#[test]
+fn dlq_of_an_unknown_agent_and_remote_status_say_it_plainly() {
+    let vh = Vhost::new();
+    let url = vh.url();
+    let out = warren_cli(&["dlq", "list", "nosuch", "--amqp-url", &url]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("error: agent `nosuch` has no dead-letter queue"),
+        "{err}"
+    );
+    let out = warren_cli(&[
+        "status",
+        "--amqp-url",
+        &url,
+        "--agent",
+        "echo",
+        "--plugins",
+        "/nonexistent",
+    ]);
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("known only to the"), "{text}");
+    assert!(!text.contains("DEBUG") && !text.contains("lapin"), "{text}");
 }

@@ -246,6 +246,9 @@ async fn healthy_agent_keeps_its_throughput(t: TestHost) {
     assert!(chaos.guest_errors.deadline >= 9, "{chaos:?}");
     assert!(chaos.guest_errors.memory_limit >= 9, "{chaos:?}");
     assert!(chaos.guest_errors.stack_overflow >= 9, "{chaos:?}");
+    // Closed cleanly: a host left running past its test keeps its broker
+    // connection (and what arrives on it) alive into the next test.
+    t.host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

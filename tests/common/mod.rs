@@ -179,3 +179,19 @@ pub fn warren_test_stdin(plugin: &Path, input: &[u8]) -> std::process::Output {
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// Sends `text` to `agent` and returns the answer's text (up to `secs`).
+pub async fn answer(broker: &dyn Broker, agent: &str, text: &str, secs: u64) -> String {
+    warren::client::send(
+        broker,
+        agent,
+        text,
+        Default::default(),
+        Some(Duration::from_secs(secs)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{agent} did not answer {text:?}: {e:#}"))
+    .reply
+    .expect("a reply")
+    .text
+}
