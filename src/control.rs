@@ -190,11 +190,18 @@ pub async fn send(
 }
 
 pub async fn dlq(path: &Path, agent: &str, op: crate::dlq::Op) -> Result<crate::dlq::Answer> {
+    // A replay that waits for its outcome takes that long on top.
+    let waits = match &op {
+        crate::dlq::Op::Replay {
+            wait: Some(secs), ..
+        } => Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)),
+        _ => Duration::ZERO,
+    };
     let req = Request::Dlq {
         agent: agent.into(),
         action: op,
     };
-    match request(path, &req, Duration::from_secs(60)).await? {
+    match request(path, &req, Duration::from_secs(60) + waits).await? {
         Response::Dlq(a) => Ok(a),
         Response::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer {other:?}"),

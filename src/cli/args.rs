@@ -87,21 +87,51 @@ pub struct BrokerArgs {
     /// Seconds to wait for a lost connection to recover before failing.
     #[arg(long, default_value_t = 120)]
     pub recovery_timeout: u64,
+    /// Seconds one connection attempt (TCP, TLS, AMQP handshake) may take.
+    /// `send`, `status` and `dlq` fail after one; `run` keeps trying.
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
+    pub connect_timeout: f64,
+    /// AMQP heartbeat in seconds: a silent link is noticed after about twice this.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub heartbeat: u16,
+}
+
+/// Seconds above 0 and at most an hour.
+fn positive_secs(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(s),
+        _ => Err(format!("`{text}`: give seconds above 0 and at most 3600")),
+    }
 }
 
 impl BrokerArgs {
-    pub async fn connect(&self) -> Result<Option<AmqpBroker>> {
-        let Some(url) = &self.amqp_url else {
-            return Ok(None);
-        };
-        let config = AmqpConfig {
+    fn amqp_config(&self) -> Option<AmqpConfig> {
+        let url = self.amqp_url.as_ref()?;
+        Some(AmqpConfig {
             exchange: self.exchange.clone(),
             prefetch: self.prefetch,
             queue_type: self.queue_type,
             recovery_timeout: Duration::from_secs(self.recovery_timeout),
+            connect_timeout: Duration::from_secs_f64(self.connect_timeout),
+            heartbeat: self.heartbeat,
             ..AmqpConfig::new(url.clone())
-        };
-        Ok(Some(AmqpBroker::connect(config).await?))
+        })
+    }
+
+    /// One bounded attempt (the CLI verbs): an unreachable broker is an error.
+    pub async fn connect(&self) -> Result<Option<AmqpBroker>> {
+        match self.amqp_config() {
+            Some(config) => Ok(Some(AmqpBroker::connect(config).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `run`: waits for the broker, saying so at every attempt.
+    pub async fn connect_waiting(&self) -> Result<Option<AmqpBroker>> {
+        match self.amqp_config() {
+            Some(config) => Ok(Some(AmqpBroker::connect_waiting(config).await?)),
+            None => Ok(None),
+        }
     }
 }
 

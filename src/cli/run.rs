@@ -34,7 +34,7 @@ async fn run_host(
     control_path: PathBuf,
     http: Option<std::net::SocketAddr>,
 ) -> Result<()> {
-    let amqp = broker.connect().await?;
+    let amqp = broker.connect_waiting().await?;
     let broker: Arc<dyn Broker> = match &amqp {
         Some(amqp) => Arc::new(amqp.clone()),
         None => {

@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use async_trait::async_trait;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
@@ -92,6 +92,13 @@ pub struct AmqpConfig {
     /// Publisher confirms and persistent messages. Only benchmarks turn this
     /// off: without it a broker crash or an unroutable message loses data.
     pub reliable: bool,
+    /// Longest wait for one connection attempt: TCP, TLS and the AMQP
+    /// handshake together.
+    pub connect_timeout: Duration,
+    /// AMQP heartbeat asked of the broker, in seconds (a `heartbeat=` in the
+    /// URL wins): a link that stays open but carries nothing is noticed
+    /// after about twice this.
+    pub heartbeat: u16,
 }
 
 impl AmqpConfig {
@@ -103,9 +110,28 @@ impl AmqpConfig {
             queue_type: QueueType::Classic,
             recovery_timeout: Duration::from_secs(120),
             reliable: true,
+            connect_timeout: Duration::from_secs(5),
+            heartbeat: 10,
         }
     }
 }
+
+/// The delays between connection attempts of `warren run` waiting for its
+/// broker: 250 ms doubling to 4 s, with jitter, for ever.
+fn reconnect_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(4))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// lapin's recovery after a lost connection: the same delays, for about an
+/// hour (then the connection is given up, and operations fail with it).
+fn recovery_backoff() -> backon::ExponentialBuilder {
+    reconnect_backoff().with_max_times(900)
+}
+
 /// The RabbitMQ broker. Cheap to clone.
 #[derive(Clone)]
 pub struct AmqpBroker {
@@ -133,19 +159,55 @@ struct Inner {
 }
 
 impl AmqpBroker {
-    /// Connects (once: a refused or failed connection is an error), declares
-    /// the exchange and opens the publishing channel in confirm mode.
+    /// Connects in one attempt bounded by `connect_timeout` (a refused or
+    /// failed connection is an error, at once), declares the exchanges and
+    /// opens the publishing channel in confirm mode.
     pub async fn connect(config: AmqpConfig) -> Result<Self> {
         let redacted = redact(&config.url);
+        let mut uri: lapin::uri::AMQPUri = config.url.parse().map_err(|e: String| {
+            anyhow!("invalid AMQP URL {redacted}: {}", scrub(&e, &config.url))
+        })?;
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(config.heartbeat);
+        }
+        // lapin retries a failed TCP connection itself, silently, with the
+        // same backoff as its recovery: reach the port first, so that a
+        // refused connection or an unknown host is reported at once, as
+        // itself, instead of as a timeout.
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+        match tokio::time::timeout_at(
+            deadline,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(_probe)) => {}
+            Ok(Err(e)) => bail!("cannot connect to RabbitMQ at {redacted}: {host}:{port}: {e}"),
+            Err(_) => bail!(
+                "cannot connect to RabbitMQ at {redacted}: {host}:{port} did not answer within {:?} (the connect timeout)",
+                config.connect_timeout
+            ),
+        }
+        // After a connection is lost, lapin's recovery tries again at most
+        // 4 s apart for about an hour: a broker back after a long restart
+        // is found again within seconds.
         let props = ConnectionProperties::default()
             .with_connection_name(format!("warren {}", std::process::id()).into())
-            .enable_auto_recover();
-        let connection = Connection::connect(&config.url, props).await.map_err(|e| {
-            anyhow!(
+            .enable_auto_recover()
+            .with_backoff(recovery_backoff());
+        let attempt = tokio::time::timeout_at(deadline, Connection::connect_uri(uri, props)).await;
+        let connection = match attempt {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => bail!(
                 "cannot connect to RabbitMQ at {redacted}: {}",
                 scrub(&e.to_string(), &config.url)
-            )
-        })?;
+            ),
+            Err(_) => bail!(
+                "cannot connect to RabbitMQ at {redacted}: no answer within {:?} (the connect timeout)",
+                config.connect_timeout
+            ),
+        };
         let publish = connection
             .create_channel()
             .await
@@ -180,6 +242,32 @@ impl AmqpBroker {
         };
         broker.inner.declare_exchanges().await?;
         Ok(broker)
+    }
+
+    /// Connects, waiting for the broker as long as it takes: each failed
+    /// attempt is logged at WARN with the (redacted) address, the cause and
+    /// the delay before the next one.
+    pub async fn connect_waiting(config: AmqpConfig) -> Result<Self> {
+        let mut delays = backon::BackoffBuilder::build(reconnect_backoff());
+        let mut attempt = 1u64;
+        loop {
+            match Self::connect(config.clone()).await {
+                Ok(broker) => {
+                    if attempt > 1 {
+                        info!("connected after {attempt} attempts");
+                    }
+                    return Ok(broker);
+                }
+                // An invalid URL does not get better by waiting.
+                Err(e) if e.to_string().starts_with("invalid AMQP URL") => return Err(e),
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(4));
+                    warn!(attempt, "{e:#}; next attempt in {} ms", delay.as_millis());
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     /// Adds agents to those `stats` reports (e.g. the plugins folder's, when
