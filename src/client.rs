@@ -7,7 +7,9 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::broker::{Broker, Route, Unroutable};
+use crate::broker::{
+    Broker, HEADER_DEAD_LETTER_ID, HEADER_DEAD_LETTERED_BY, HEADER_LAST_ERROR, Route, Unroutable,
+};
 use crate::dispatch::{check_agent_name, user_envelope};
 use crate::wire::Body;
 
@@ -75,6 +77,16 @@ pub async fn send(
                 // A stale reply from an earlier conversation: not ours.
                 delivery.ack().await?;
                 continue;
+            }
+            if delivery.envelope.is_dead_letter_notice() {
+                let h = &delivery.envelope.headers;
+                let get = |k: &str| h.get(k).cloned().unwrap_or_default();
+                let (by, dead_id) = (get(HEADER_DEAD_LETTERED_BY), get(HEADER_DEAD_LETTER_ID));
+                let reason = get(HEADER_LAST_ERROR);
+                delivery.ack().await?;
+                bail!(
+                    "`{by}` dead-lettered message {dead_id} of this conversation: {reason} (see `warren dlq show {by} --id {dead_id}`)"
+                );
             }
             let body = Body::decode(&delivery.envelope.body).context("reply body")?;
             let reply = Reply {

@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{
     Broker, Consumer, Delivery, Envelope, HEADER_AGENT_VERSION, HEADER_BAD, HEADER_DESTINATION,
-    HEADER_TRAPS, Route, Unroutable, bounded,
+    HEADER_NOTIFY, HEADER_TRAPS, Route, Unroutable, bounded,
 };
 use crate::metrics::{AgentMetrics, Metrics};
 use crate::names;
@@ -493,7 +493,9 @@ impl Dispatcher {
                     let mut kept = p.envelope.clone();
                     kept.headers
                         .insert(HEADER_DESTINATION.to_string(), p.route.tag());
+                    let notice = kept.dead_letter_notice(agent, &reason);
                     self.broker.dead_letter(agent, kept, &reason).await?;
+                    self.send_notice(agent, notice).await;
                     self.emit(Event::DeadLettered {
                         agent: agent.into(),
                         id: p.envelope.id.clone(),
@@ -569,6 +571,7 @@ impl Dispatcher {
     ) -> Result<()> {
         let reason = bounded(&reason, MAX_REASON_BYTES).into_owned();
         let id = delivery.envelope.id.clone();
+        let notice = delivery.envelope.dead_letter_notice(agent, &reason);
         warn!(
             agent,
             id,
@@ -576,6 +579,7 @@ impl Dispatcher {
             "dead-lettered: {reason}"
         );
         delivery.dead_letter(&reason).await?;
+        self.send_notice(agent, notice).await;
         m.dead_lettered.inc();
         self.note_error(agent, &reason);
         self.emit(Event::DeadLettered {
@@ -584,6 +588,21 @@ impl Dispatcher {
             reason,
         });
         Ok(())
+    }
+}
+
+impl Dispatcher {
+    /// Tells a waiting `warren send` that its conversation ended in a dead
+    /// letter. Best effort: the dead letter itself is already kept.
+    async fn send_notice(&self, agent: &str, notice: Option<(Route, Envelope)>) {
+        if let Some((route, notice)) = notice
+            && let Err(e) = self.broker.publish(&route, notice).await
+        {
+            debug!(
+                agent,
+                "the dead-letter notice to {route} was not delivered: {e:#}"
+            );
+        }
     }
 }
 
@@ -698,6 +717,9 @@ fn plan_one(
     };
     let mut headers = std::collections::BTreeMap::new();
     headers.insert(HEADER_AGENT_VERSION.to_string(), version.to_string());
+    if let Some(notify) = input.headers.get(HEADER_NOTIFY) {
+        headers.insert(HEADER_NOTIFY.to_string(), notify.clone());
+    }
     let envelope = Envelope {
         id: derive_id(&input.id, index),
         conversation_id: input.conversation_id.clone(),
@@ -765,6 +787,11 @@ pub fn user_envelope(
     reply_to: Option<String>,
 ) -> Envelope {
     let id = new_id();
+    // Whoever waits for the reply hears of a dead letter at once.
+    let mut headers = std::collections::BTreeMap::new();
+    if reply_to.is_some() {
+        headers.insert(HEADER_NOTIFY.to_string(), "dead-letters".to_string());
+    }
     Envelope {
         conversation_id: id.clone(),
         id,
@@ -773,7 +800,7 @@ pub fn user_envelope(
         hops: 0,
         attempt: 1,
         timestamp: now_millis(),
-        headers: Default::default(),
+        headers,
         body: Body::user(text, context).encode(),
     }
 }

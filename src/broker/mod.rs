@@ -67,6 +67,37 @@ impl Envelope {
         self.headers.get(HEADER_FIRST_FAILURE)?.parse().ok()
     }
 
+    /// The notice for whoever waits on this conversation's reply queue
+    /// that `agent` dead-lettered this message, if anyone asked for it
+    /// ([`HEADER_NOTIFY`]). A notice is a copy for information: the message
+    /// itself is in the dead-letter queue, so a notice that cannot be
+    /// delivered is simply dropped.
+    pub fn dead_letter_notice(&self, agent: &str, reason: &str) -> Option<(Route, Envelope)> {
+        self.headers.get(HEADER_NOTIFY)?;
+        let reply_to = self.reply_to.clone()?;
+        let mut headers = BTreeMap::new();
+        headers.insert(HEADER_DEAD_LETTERED_BY.to_string(), agent.to_string());
+        headers.insert(HEADER_DEAD_LETTER_ID.to_string(), self.id.clone());
+        headers.insert(HEADER_LAST_ERROR.to_string(), reason.to_string());
+        let notice = Envelope {
+            id: format!("{}.dead-letter-notice", self.id),
+            conversation_id: self.conversation_id.clone(),
+            reply_to: None,
+            sender: Some(agent.to_string()),
+            hops: self.hops,
+            attempt: 1,
+            timestamp: now_ms(),
+            headers,
+            body: br#"{"messages":[]}"#.to_vec(),
+        };
+        Some((Route::Queue(reply_to), notice))
+    }
+
+    /// Whether this is a dead-letter notice (see [`Envelope::dead_letter_notice`]).
+    pub fn is_dead_letter_notice(&self) -> bool {
+        self.headers.contains_key(HEADER_DEAD_LETTERED_BY)
+    }
+
     /// Where a dead letter goes when replayed: where it was going if it
     /// never got there (an unroutable output), else back to `agent`.
     pub fn replay_route(&self, agent: &str) -> Route {
@@ -121,6 +152,15 @@ pub const HEADER_TRAPS: &str = "x-warren-traps";
 pub const HEADER_DESTINATION: &str = "x-warren-destination";
 /// Header: a header of the message that could not be read, and its value.
 pub const HEADER_BAD: &str = "x-warren-bad-header";
+/// Header set by `warren send --wait` and carried along the conversation:
+/// whoever waits on the reply queue wants to hear of a dead letter at once.
+pub const HEADER_NOTIFY: &str = "x-warren-notify";
+/// Header of a dead-letter notice sent to a waiting reply queue: the agent
+/// that dead-lettered the message (`x-warren-dead-letter-id`: which one;
+/// `x-warren-last-error`: why).
+pub const HEADER_DEAD_LETTERED_BY: &str = "x-warren-dead-lettered-by";
+/// Header of a dead-letter notice: the id of the message dead-lettered.
+pub const HEADER_DEAD_LETTER_ID: &str = "x-warren-dead-letter-id";
 
 /// `text` cut to at most about `max` bytes (on a character boundary), with a
 /// marker saying how long it was. Header values and reasons are bounded so

@@ -86,11 +86,11 @@ impl Inner {
             reason: Some(reason),
             ..Default::default()
         };
-        match self.publish_envelope(&route, envelope, extra()).await {
+        match self.publish_settling(&route, envelope, extra()).await {
             Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
                 warn!(agent, queue = %route, "the dead-letter queue is gone; declaring it again");
                 self.declare_dead_letter_queue(agent).await?;
-                self.publish_envelope(&route, envelope, extra()).await
+                self.publish_settling(&route, envelope, extra()).await
             }
             other => other,
         }
@@ -264,13 +264,13 @@ impl AmqpAcker {
         };
         let queue = self.inner.delay_queue(agent, delay).await?;
         let route = Route::Queue(queue.clone());
-        match self.inner.publish_envelope(&route, envelope, extra()).await {
+        match self.inner.publish_settling(&route, envelope, extra()).await {
             Err(e) if e.downcast_ref::<Unroutable>().is_some() => {
                 warn!(agent, queue, "the delay queue is gone; declaring it again");
                 self.inner.forget_delay_queue(&queue);
                 let queue = self.inner.delay_queue(agent, delay).await?;
                 self.inner
-                    .publish_envelope(&Route::Queue(queue), envelope, extra())
+                    .publish_settling(&Route::Queue(queue), envelope, extra())
                     .await
             }
             other => other,

@@ -144,6 +144,10 @@ struct Inner {
     connection: Connection,
     /// Confirm-mode channel shared by every publish (lapin pipelines them).
     publish: Channel,
+    /// Confirm-mode channel for settling copies, one at a time (see
+    /// `publish_settling`).
+    settle: Channel,
+    settle_lock: tokio::sync::Mutex<()>,
     /// Agents this process declared or was told about, for `stats`.
     agents: Mutex<BTreeSet<String>>,
     /// Delay queues already declared by this process.
@@ -226,12 +230,24 @@ impl AmqpBroker {
             "connected to RabbitMQ at {redacted} (exchange `{}`)",
             config.exchange
         );
+        let settle = connection
+            .create_channel()
+            .await
+            .context("opening the settling channel")?;
+        if config.reliable {
+            settle
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .context("enabling publisher confirms")?;
+        }
         let broker = AmqpBroker {
             inner: Arc::new(Inner {
                 config,
                 redacted,
                 connection,
                 publish,
+                settle,
+                settle_lock: tokio::sync::Mutex::new(()),
                 agents: Mutex::new(BTreeSet::new()),
                 delay_queues: Mutex::new(BTreeSet::new()),
                 seq: AtomicU64::new(0),

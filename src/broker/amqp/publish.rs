@@ -24,10 +24,23 @@ impl Inner {
         body: &[u8],
         route: &Route,
     ) -> Result<()> {
+        self.publish_on(&self.publish, exchange, routing_key, props, body, route)
+            .await
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        exchange: &str,
+        routing_key: &str,
+        props: BasicProperties,
+        body: &[u8],
+        route: &Route,
+    ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.config.recovery_timeout;
         loop {
             let attempt = async {
-                self.publish
+                channel
                     .basic_publish(
                         exchange.into(),
                         routing_key.into(),
@@ -68,8 +81,7 @@ impl Inner {
                 bail!("publishing to {route} failed and the connection did not recover: {error}");
             }
             warn!("publishing to {route} failed ({error}); waiting for the connection to recover");
-            self.wait_for_recovery(&self.publish, error, deadline)
-                .await?;
+            self.wait_for_recovery(channel, error, deadline).await?;
         }
     }
 
@@ -132,6 +144,11 @@ impl Inner {
                 }
             }
             let (mut env, _) = envelope(&props, returned.delivery.data);
+            if env.is_dead_letter_notice() {
+                // A copy for information; its dead letter is kept.
+                tracing::debug!(id = env.id, "a dead-letter notice had nowhere to go");
+                return;
+            }
             let destination = match routing_key.strip_prefix("agent.") {
                 Some(agent) if exchange == self.config.exchange => Route::Agent(agent.into()),
                 _ => Route::Queue(routing_key.clone()),
@@ -199,6 +216,33 @@ impl Inner {
                 self.config.recovery_timeout
             ),
         }
+    }
+
+    /// Publishes a settling copy (a retry into its delay queue, a dead
+    /// letter) on a channel of its own, one at a time. Alone in flight, a
+    /// returned copy is always reported to its own publish (on the shared
+    /// channel, RabbitMQ's `multiple` acks let lapin hand a return to
+    /// another publish), so that a copy whose queue is gone is never taken
+    /// for delivered, and its original is never acked on the strength of it.
+    pub(super) async fn publish_settling(
+        &self,
+        route: &Route,
+        env: &Envelope,
+        extra: Extra<'_>,
+    ) -> Result<()> {
+        let Route::Queue(queue) = route else {
+            anyhow::bail!("settling copies go to a queue, not to {route}");
+        };
+        let _alone = self.settle_lock.lock().await;
+        self.publish_on(
+            &self.settle,
+            "",
+            queue,
+            properties(env, &extra),
+            &env.body,
+            route,
+        )
+        .await
     }
 
     pub(super) async fn publish_envelope(

@@ -201,7 +201,18 @@ impl Inner {
                     );
                 }
                 warn!(agent = keeper, id = env.id, "{reason}; dead-lettered");
-                self.publish_dead_letter(&keeper, &env, &reason).await
+                self.publish_dead_letter(&keeper, &env, &reason).await?;
+                if let Some((route, notice)) = env.dead_letter_notice(&keeper, &reason)
+                    && let Err(e) = self
+                        .publish_envelope(&route, &notice, Default::default())
+                        .await
+                {
+                    tracing::debug!(
+                        id = env.id,
+                        "the dead-letter notice was not delivered: {e:#}"
+                    );
+                }
+                Ok(())
             }
             .await;
             match moved {
