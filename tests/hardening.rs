@@ -11,7 +11,7 @@ use common::rabbit::Vhost;
 use common::*;
 use futures::StreamExt as _;
 use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::broker::{Envelope, Route};
@@ -111,16 +111,7 @@ async fn publish_raw(
 }
 
 async fn declare_queue(ch: &lapin::Channel, name: &str) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    Vhost::declare_queue(ch, name).await
 }
 
 // ---- 1. A replay of a still-broken agent ends ----

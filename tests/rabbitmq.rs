@@ -52,16 +52,7 @@ async fn plain_client(vh: &Vhost) -> (Connection, lapin::Channel) {
 }
 
 async fn declare_plain_queue(ch: &lapin::Channel, name: &str) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    Vhost::declare_queue(ch, name).await
 }
 
 /// Publishes `n` user messages to `agent` (pipelined confirms); returns their ids.

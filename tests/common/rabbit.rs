@@ -93,6 +93,20 @@ impl Vhost {
         (conn, ch)
     }
 
+    /// Declares a durable plain queue (as an outside client would).
+    pub async fn declare_queue(ch: &lapin::Channel, name: &str) {
+        ch.queue_declare(
+            name.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+
     /// `(ready, unacked)` of every queue of this vhost, by name, as
     /// RabbitMQ itself counts them.
     pub fn queues(&self) -> std::collections::HashMap<String, (u64, u64)> {

@@ -116,6 +116,25 @@ impl AmqpConfig {
     }
 }
 
+/// A channel to publish on, in confirm mode when `reliable`.
+async fn publishing_channel(
+    connection: &Connection,
+    reliable: bool,
+    what: &str,
+) -> Result<Channel> {
+    let channel = connection
+        .create_channel()
+        .await
+        .with_context(|| format!("opening the {what} channel"))?;
+    if reliable {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .with_context(|| format!("enabling publisher confirms on the {what} channel"))?;
+    }
+    Ok(channel)
+}
+
 /// The delays between connection attempts of `warren run` waiting for its
 /// broker: 250 ms doubling to 4 s, with jitter, for ever.
 fn reconnect_backoff() -> backon::ExponentialBuilder {
@@ -212,34 +231,17 @@ impl AmqpBroker {
                 config.connect_timeout
             ),
         };
-        let publish = connection
-            .create_channel()
-            .await
-            .context("opening the publish channel")?;
-        if config.reliable {
-            publish
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .context("enabling publisher confirms")?;
-        } else {
+        if !config.reliable {
             warn!(
                 "publisher confirms and persistence are OFF: messages can be lost (benchmark mode)"
             );
         }
+        let publish = publishing_channel(&connection, config.reliable, "publish").await?;
+        let settle = publishing_channel(&connection, config.reliable, "settling").await?;
         info!(
             "connected to RabbitMQ at {redacted} (exchange `{}`)",
             config.exchange
         );
-        let settle = connection
-            .create_channel()
-            .await
-            .context("opening the settling channel")?;
-        if config.reliable {
-            settle
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .context("enabling publisher confirms")?;
-        }
         let broker = AmqpBroker {
             inner: Arc::new(Inner {
                 config,
