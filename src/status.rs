@@ -284,7 +284,11 @@ impl Status {
                  hosts running the agents: see their /metrics; unacked and delayed are not visible over AMQP)"
             );
         }
-        if let Some(r) = &self.unclaimed_replies {
+        if let Some(r) = self
+            .unclaimed_replies
+            .as_ref()
+            .filter(|r| r.queued > 0 || r.dropped > 0)
+        {
             let _ = writeln!(
                 out,
                 "unclaimed replies: {} queued ({} bytes, limit {}), {} oldest dropped",
