@@ -5,11 +5,13 @@
 #   plugins/js/<name>/        -> plugins/js/<name>.wasm       (the same agents in JavaScript)
 #   tests/fixtures/<name>/    -> tests/fixtures/<name>.wasm   (test-only guests)
 #   tests/fixtures/conformance/{rust,python,js} -> tests/fixtures/{rust,python,js}/conformance.wasm
+#   examples/swarm/agent/      -> examples/swarm/plugins/{triage,refunds}.wasm
 #
 # WARREN_GUESTS=rust builds only the Rust guests (no Python / Node.js tools needed).
 #
 # Python: componentize-py (pinned, installed from PyPI into target/tools/venv).
-# JavaScript: jco with the QuickJS backend (pinned in scripts/js-tools, npm ci).
+# JavaScript: jco with the QuickJS backend (pinned in scripts/js-tools, npm ci); an
+# agent that makes HTTP requests goes through sdk/js/build_http_agent.mjs.
 #
 # Toolchain: rustup's wasm32-wasip2 target (the standard path). When rustup cannot
 # fetch that target (offline machines), Debian's rustc-web + rust-web-src build
@@ -79,6 +81,9 @@ for g in "${guests[@]}"; do build_one "$g"; done
 build_one tests/fixtures/chaos grumpy
 mkdir -p tests/fixtures/rust
 build_one tests/fixtures/conformance/rust "" tests/fixtures/rust/conformance.wasm
+# The Swarm example: one component, two agents (their config makes them differ).
+build_one examples/swarm/agent "" examples/swarm/plugins/triage.wasm
+cp examples/swarm/plugins/triage.wasm examples/swarm/plugins/refunds.wasm
 
 [ "${WARREN_GUESTS:-all}" = rust ] && exit 0
 
@@ -117,6 +122,19 @@ build_js() {
   echo "built $out ($(stat -c %s "$out") bytes, jco/QuickJS)"
 }
 
+# build_js_http SRC OUT: the same for an agent that makes HTTP requests
+# (sdk/js/warren_http.js): world agent-http. `jco componentize -n agent-http`
+# cannot build that world (componentize-qjs 0.4.5); sdk/js/build_http_agent.mjs
+# works around it, with the same jco and QuickJS.
+build_js_http() {
+  local src=$1 out=$2 stage
+  stage=$target_dir/js/$(echo "$src" | tr / _)
+  rm -rf "$stage" && mkdir -p "$stage"
+  cp "$src"/*.js "$root/sdk/js/warren_agent.js" "$root/sdk/js/warren_http.js" "$stage/"
+  node "$root/sdk/js/build_http_agent.mjs" "$stage/app.js" --wit "$root/wit" -o "$out" --jco "$jco"
+  echo "built $out ($(stat -c %s "$out") bytes, jco/QuickJS, agent-http)"
+}
+
 componentize_py=$(python_tools)
 jco=$(js_tools)
 mkdir -p tests/fixtures/python tests/fixtures/js
@@ -126,6 +144,7 @@ for a in agent_a agent_b echo; do
 done
 # The LLM agent needs outbound HTTP: world agent-http (agent + wasi:http).
 build_python plugins/python/llm_triage plugins/python/llm_triage.wasm agent-http
+build_js_http plugins/js/llm_triage plugins/js/llm_triage.wasm
 build_python tests/fixtures/conformance/python tests/fixtures/python/conformance.wasm
 build_js tests/fixtures/conformance/js tests/fixtures/js/conformance.wasm
 

@@ -15,6 +15,11 @@ if [ "${WARREN_SKIP_GUEST_BUILD:-0}" != 1 ]; then
   scripts/build-guests.sh
 fi
 
+echo "== pika 1.3 for the original client in tests/interop.rs"
+venv=target/tools/venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c 'import pika' 2>/dev/null || "$venv/bin/pip" install -q pika==1.3.2
+
 echo "== RabbitMQ on 127.0.0.1:5672"
 scripts/ensure-rabbitmq.sh
 

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::broker::{
     Broker, HEADER_DEAD_LETTER_ID, HEADER_DEAD_LETTERED_BY, HEADER_LAST_ERROR, Route, Unroutable,
 };
-use crate::dispatch::{check_agent_name, user_envelope};
+use crate::dispatch::{body_envelope, check_agent_name};
 use crate::wire::Body;
 
 /// What `send` did, and the reply if one was awaited.
@@ -30,6 +30,9 @@ pub struct Reply {
     /// The answer's last chat message.
     pub text: String,
     pub body: Body,
+    /// The body as it arrived.
+    #[serde(default, skip)]
+    pub raw: Vec<u8>,
 }
 
 pub async fn send(
@@ -37,6 +40,16 @@ pub async fn send(
     agent: &str,
     text: &str,
     context: Map<String, Value>,
+    wait: Option<Duration>,
+) -> Result<SendOutcome> {
+    send_body(broker, agent, Body::user(text, context).encode(), wait).await
+}
+
+/// [`send`] with a body of the sender's own: a whole history, extra keys.
+pub async fn send_body(
+    broker: &dyn Broker,
+    agent: &str,
+    body: Vec<u8>,
     wait: Option<Duration>,
 ) -> Result<SendOutcome> {
     let agent = check_agent_name(agent)?;
@@ -55,7 +68,7 @@ pub async fn send(
         ),
         None => None,
     };
-    let envelope = user_envelope(text, context, replies.as_ref().map(|(q, _)| q.clone()));
+    let envelope = body_envelope(body, replies.as_ref().map(|(q, _)| q.clone()));
     let id = envelope.id.clone();
     broker
         .publish(&Route::Agent(agent.clone()), envelope)
@@ -96,9 +109,11 @@ pub async fn send(
                 text: body
                     .messages
                     .last()
-                    .map(|m| m.content.clone())
-                    .unwrap_or_default(),
+                    .and_then(|m| m.content.text())
+                    .unwrap_or_default()
+                    .to_string(),
                 body,
+                raw: delivery.envelope.body.clone(),
             };
             delivery.ack().await?;
             return Ok(reply);

@@ -12,6 +12,7 @@
 //! | trap / deadline / memory limit        | retry on a fresh instance `trap_retries` times, then dead-letter |
 //! | undecodable body, invalid output      | dead-letter at once (retrying cannot help)  |
 //! | more than `max_hops` hops             | dead-letter as a loop                       |
+//! | more turns than the body's `max_turns`| dead-letter (the sender's own cap)          |
 //! | unreadable hop count header           | dead-letter (counted as over the hop limit) |
 //! | agent not loaded (being removed)      | back to its queue, no attempt used          |
 //! | publishing failed (broker trouble)    | `retry`: outgoing ids are deterministic, so a retry re-publishes the same ids |
@@ -44,11 +45,12 @@ use crate::broker::{
     Broker, Consumer, Delivery, Envelope, HEADER_AGENT_VERSION, HEADER_BAD, HEADER_DESTINATION,
     HEADER_NOTIFY, HEADER_TRAPS, Route, Unroutable, bounded,
 };
+use crate::contract;
 use crate::metrics::{AgentMetrics, Metrics};
 use crate::names;
 use crate::registry::Registry;
-use crate::runtime::{ChatMessage, Destination, Failure, Message, Outgoing};
-use crate::wire::{self, Body};
+use crate::runtime::{Destination, Failure, Outgoing};
+use crate::wire::Body;
 
 /// The queue that takes replies of conversations started without a reply-to.
 pub const REPLIES_QUEUE: &str = "warren_replies";
@@ -417,6 +419,15 @@ impl Dispatcher {
                 return Verdict::DeadLetter(format!("undecodable body: {e:#}"));
             }
         };
+        if let Some(max) = body.max_turns()
+            && u64::from(env.hops) >= max
+        {
+            m.failure("max-turns");
+            return Verdict::DeadLetter(format!(
+                "max_turns reached: this would be turn {} of a conversation its sender capped at max_turns = {max}",
+                u64::from(env.hops) + 1
+            ));
+        }
         let msg = to_message(agent, env, &body);
         let called = std::time::Instant::now();
         let answer = pool.call(&msg).await;
@@ -633,31 +644,13 @@ fn sent(p: &Planned) -> Sent {
             .body
             .messages
             .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default(),
+            .and_then(|m| m.content.text())
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
-/// The WIT message an agent receives for an envelope.
-pub fn to_message(agent: &str, env: &Envelope, body: &Body) -> Message {
-    Message {
-        id: env.id.clone(),
-        conversation_id: env.conversation_id.clone(),
-        sender: env.sender.clone().or_else(|| body.from_agent.clone()),
-        recipient: agent.to_string(),
-        messages: body
-            .messages
-            .iter()
-            .map(|m| ChatMessage {
-                role: m.role.clone(),
-                content: m.content.clone(),
-            })
-            .collect(),
-        context: serde_json::Value::Object(body.context_variables.clone()).to_string(),
-        attempt: env.attempt.max(1),
-        hops: env.hops,
-    }
-}
+pub use crate::contract::to_message;
 
 /// Checks an agent's output and turns it into envelopes: deterministic ids,
 /// the conversation and reply-to carried along, hops + 1.
@@ -686,9 +679,9 @@ fn plan_one(
     index: usize,
     out: Outgoing,
 ) -> Result<Planned> {
-    let route = match out.to {
+    let route = match &out.to {
         Destination::Agent(name) => {
-            let to = names::normalise(&name);
+            let to = names::normalise(name);
             names::validate(&to).context("bad destination")?;
             Route::Agent(to)
         }
@@ -699,22 +692,7 @@ fn plan_one(
                 .unwrap_or_else(|| REPLIES_QUEUE.into()),
         ),
     };
-    let context_variables = match out.context {
-        Some(text) => wire::parse_context(&text)?,
-        None => body.context_variables.clone(),
-    };
-    let body = Body {
-        messages: out
-            .messages
-            .into_iter()
-            .map(|m| wire::ChatMessage {
-                role: m.role,
-                content: m.content,
-            })
-            .collect(),
-        context_variables,
-        from_agent: Some(agent.to_string()),
-    };
+    let body = contract::outgoing_body(agent, body, &out)?;
     let mut headers = std::collections::BTreeMap::new();
     headers.insert(HEADER_AGENT_VERSION.to_string(), version.to_string());
     if let Some(notify) = input.headers.get(HEADER_NOTIFY) {
@@ -786,6 +764,12 @@ pub fn user_envelope(
     context: serde_json::Map<String, serde_json::Value>,
     reply_to: Option<String>,
 ) -> Envelope {
+    body_envelope(Body::user(text, context).encode(), reply_to)
+}
+
+/// A conversation's first message with a body of the sender's own (e.g. a
+/// whole history, or the original client's `run()` body).
+pub fn body_envelope(body: Vec<u8>, reply_to: Option<String>) -> Envelope {
     let id = new_id();
     // Whoever waits for the reply hears of a dead letter at once.
     let mut headers = std::collections::BTreeMap::new();
@@ -801,7 +785,7 @@ pub fn user_envelope(
         attempt: 1,
         timestamp: now_millis(),
         headers,
-        body: Body::user(text, context).encode(),
+        body,
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Runs AI/automation agents as sandboxed WebAssembly components and connects
 //! them through a message broker. An agent is a component implementing the
-//! world in `wit/agent.wit`: it receives a message and returns the messages it
+//! world in `wit/agent.wit` (`warren:agent@0.2.0`; 0.1.0 components run too): it receives a message and returns the messages it
 //! wants sent on. The host owns the transport: it consumes, calls the agent,
 //! publishes every outgoing message (confirmed), and only then acknowledges.
 //!
@@ -14,6 +14,7 @@
 //!   publish-with-confirm, consume, ack / retry / dead-letter, stats) and
 //!   [`broker::memory`], the embedded in-process broker, and [`broker::amqp`],
 //!   RabbitMQ through lapin.
+//! - [`contract`] — the body on the wire ⇄ the WIT message an agent sees.
 //! - [`dispatch`] — the loop: delivery → decode → agent → publish → ack, and
 //!   every retry / dead-letter decision with its reason.
 //! - [`runtime`] — wasmtime: loading and checking components against the
@@ -48,6 +49,7 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod contract;
 pub mod control;
 pub mod demo;
 pub mod dispatch;

@@ -31,7 +31,7 @@ pub struct AgentLabel {
 pub struct FailureLabels {
     pub agent: String,
     /// trap, deadline, memory-limit, stack-overflow, fuel, instantiate,
-    /// retry, reject, invalid-output, too-large, undecodable, hop-limit,
+    /// retry, reject, invalid-output, too-large, undecodable, hop-limit, max-turns,
     /// unroutable, not-loaded, publish.
     pub kind: String,
 }

@@ -53,8 +53,14 @@ impl GuestErrors {
 pub struct AgentStatus {
     #[serde(flatten)]
     pub queue: QueueStats,
+    /// The queue's name again, under the key the original `debug_queues()` uses.
+    #[serde(default)]
+    pub queue_name: String,
     /// Content hash of the loaded version; none when no version is loaded.
     pub version: Option<String>,
+    /// The contract the loaded version was built against (`0.1.0`, `0.2.0`).
+    #[serde(default)]
+    pub contract: Option<String>,
     pub file: Option<String>,
     /// Seconds since the Unix epoch.
     pub loaded_at: Option<u64>,
@@ -106,7 +112,9 @@ impl AgentStatus {
             stats.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0)
         };
         AgentStatus {
+            queue_name: queue.queue.clone(),
             version: pool.map(|p| p.version().to_string()),
+            contract: pool.map(|p| p.module().contract.to_string()),
             file: pool.map(|p| p.module().source.display().to_string()),
             loaded_at: pool
                 .and_then(|p| p.module().loaded_at.duration_since(UNIX_EPOCH).ok())
@@ -138,8 +146,10 @@ impl AgentStatus {
     /// A queue seen from outside any host (RabbitMQ, `warren status`).
     pub fn remote(queue: QueueStats) -> Self {
         AgentStatus {
+            queue_name: queue.queue.clone(),
             queue,
             version: None,
+            contract: None,
             file: None,
             loaded_at: None,
             calls: 0,
@@ -244,6 +254,7 @@ impl Status {
             "delayed",
             "dead",
             "version",
+            "contract",
             "calls",
             "errors",
             "peak_mem",
@@ -262,6 +273,7 @@ impl Status {
                     a.queue.delayed.to_string(),
                     a.queue.dead_letter_count.to_string(),
                     a.version.clone().unwrap_or_else(|| "-".into()),
+                    a.contract.clone().unwrap_or_else(|| "-".into()),
                     self.local(a.calls.to_string()),
                     self.local((a.failures + a.guest_errors.total()).to_string()),
                     if a.peak_memory_bytes > 0 {
@@ -307,7 +319,48 @@ impl Status {
     }
 }
 
+/// One queue as the original client's `debug_queues()` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DebugQueue {
+    pub queue_name: String,
+    pub message_count: u64,
+    pub consumer_count: u32,
+    pub routing_key: String,
+    /// `active` (someone consumes), `inactive` (nobody does) or `missing`.
+    pub status: String,
+}
+
 impl Status {
+    /// The original client's `debug_queues()` object, keyed by agent name,
+    /// so a script written for it reads warren's output unchanged.
+    pub fn debug_queues(&self) -> std::collections::BTreeMap<String, DebugQueue> {
+        self.agents
+            .iter()
+            .map(|a| {
+                let status = match (a.queue.status.as_str(), a.queue.consumer_count) {
+                    ("missing", _) => "missing",
+                    (_, 0) => "inactive",
+                    _ => "active",
+                };
+                let q = DebugQueue {
+                    queue_name: a.queue.queue.clone(),
+                    message_count: a.queue.message_count,
+                    consumer_count: a.queue.consumer_count,
+                    routing_key: a.queue.routing_key.clone(),
+                    status: status.into(),
+                };
+                (a.queue.agent.clone(), q)
+            })
+            .collect()
+    }
+
+    /// The JSON of `warren status --json`: every field, plus `debug_queues`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("a status always serialises");
+        v["debug_queues"] = serde_json::to_value(self.debug_queues()).expect("serialises");
+        v
+    }
+
     /// A value only this host knows: `-` when read from the broker.
     fn local(&self, value: String) -> String {
         if self.remote { "-".into() } else { value }

@@ -95,6 +95,8 @@ fn render(p: &Planned) -> serde_json::Value {
         "messages": p.body.messages,
         "context_variables": p.body.context_variables,
         "from_agent": p.body.from_agent,
+        "extra": serde_json::from_str::<serde_json::Value>(&p.body.extra_text())
+            .expect("extra keys are a JSON object"),
     })
 }
 

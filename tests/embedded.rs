@@ -98,13 +98,23 @@ async fn seed_body_with_extra_keys_is_accepted() {
         .unwrap()
         .unwrap();
     let body = warren::wire::Body::decode(&d.envelope.body).unwrap();
-    assert!(body.messages.last().unwrap().content.contains("Hello bob"));
+    assert!(
+        body.messages
+            .last()
+            .unwrap()
+            .content
+            .text()
+            .unwrap()
+            .contains("Hello bob")
+    );
     // `from_agent` in the body is the sender when no header says otherwise.
     assert!(
         body.messages
             .last()
             .unwrap()
             .content
+            .text()
+            .unwrap()
             .contains("Agent A sent you over")
     );
     assert_eq!(d.envelope.conversation_id, "seed-1");
@@ -167,7 +177,10 @@ async fn retry_is_redelivered_with_attempt_two_then_succeeds() {
         .unwrap()
         .unwrap();
     let body = warren::wire::Body::decode(&d.envelope.body).unwrap();
-    assert_eq!(body.messages.last().unwrap().content, "ok on attempt 2");
+    assert_eq!(
+        body.messages.last().unwrap().content.text(),
+        Some("ok on attempt 2")
+    );
 }
 
 #[tokio::test]

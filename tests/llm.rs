@@ -488,15 +488,18 @@ async fn a_refused_key_dead_letters_with_the_endpoint_reason() {
 /// same requests and gives the same answers as the Rust one: a handoff, a
 /// reply, a refusal, and a key the endpoint refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_llm_triage_behaves_as_the_rust_one() {
+async fn the_python_and_js_llm_triage_behave_as_the_rust_one() {
     let python = root().join("plugins/python/llm_triage.wasm");
-    assert!(
-        python.exists(),
-        "{} is not built: run scripts/build-guests.sh (it installs componentize-py)",
-        python.display()
-    );
+    let js = root().join("plugins/js/llm_triage.wasm");
+    for build in [&python, &js] {
+        assert!(
+            build.exists(),
+            "{} is not built: run scripts/build-guests.sh (it installs componentize-py and jco)",
+            build.display()
+        );
+    }
     let mut seen = Vec::new();
-    for build in [guest("llm_triage"), python] {
+    for build in [guest("llm_triage"), python, js] {
         let llm = mock().await;
         let granted = granted(&llm);
         let mut t = start_triage_build(granted.clone(), &build).await;
@@ -533,21 +536,23 @@ async fn the_python_llm_triage_behaves_as_the_rust_one() {
             .collect();
         seen.push((build, answers, requests));
     }
-    let (rust, python) = (&seen[0], &seen[1]);
-    assert_eq!(
-        rust.1,
-        python.1,
-        "answers of {} and {}",
-        rust.0.display(),
-        python.0.display()
-    );
-    assert_eq!(
-        rust.2,
-        python.2,
-        "requests of {} and {}",
-        rust.0.display(),
-        python.0.display()
-    );
+    let rust = &seen[0];
+    for other in &seen[1..] {
+        assert_eq!(
+            rust.1,
+            other.1,
+            "answers of {} and {}",
+            rust.0.display(),
+            other.0.display()
+        );
+        assert_eq!(
+            rust.2,
+            other.2,
+            "requests of {} and {}",
+            rust.0.display(),
+            other.0.display()
+        );
+    }
     assert_eq!(
         rust.2.len(),
         3,

@@ -1,6 +1,8 @@
 //! Agents in any language: the same agent written in Rust, Python and
-//! JavaScript answers the same messages identically (conformance), and the
-//! demo runs with the languages mixed.
+//! JavaScript answers the same messages identically (conformance, tool-call
+//! histories included), the 0.1.0 builds of the first release still answer
+//! the first scenarios the same in a 0.2 host, and the demo runs with the
+//! languages mixed.
 
 mod common;
 
@@ -12,8 +14,8 @@ use serde_json::{Value, json};
 use warren::client;
 use warren::runtime::settings::AgentSection;
 use warren::runtime::{
-    AgentLimits, AgentPool, ChatMessage, Destination, Failure, InstanceMode, Message, Outgoing,
-    Runtime,
+    AgentLimits, AgentPool, ChatMessage, Destination, Failure, FunctionCall, InstanceMode, Message,
+    Outgoing, Runtime, ToolCall,
 };
 
 const LANGUAGES: [&str; 3] = ["rust", "python", "js"];
@@ -47,34 +49,84 @@ async fn pool(runtime: &std::sync::Arc<Runtime>, path: &PathBuf) -> std::sync::A
         .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
 }
 
+fn turn(role: &str, content: Option<&str>) -> ChatMessage {
+    ChatMessage {
+        role: role.into(),
+        content: content.map(Into::into),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        extra: None,
+    }
+}
+
+/// A history with a named user turn, an assistant tool call (content null,
+/// an extra key) and its result, an answer, then the user's `text`.
+fn history(text: &str) -> Vec<ChatMessage> {
+    vec![
+        ChatMessage {
+            name: Some("alice".into()),
+            ..turn("user", Some("earlier turn"))
+        },
+        ChatMessage {
+            tool_calls: Some(vec![ToolCall {
+                id: "call_1".into(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: "lookup".into(),
+                    arguments: r#"{"q": "x"}"#.into(),
+                },
+            }]),
+            extra: Some(r#"{"refusal":null}"#.into()),
+            ..turn("assistant", None)
+        },
+        ChatMessage {
+            tool_call_id: Some("call_1".into()),
+            ..turn("tool", Some("found"))
+        },
+        turn("assistant", Some("an answer")),
+        turn("user", Some(text)),
+    ]
+}
+
 fn message(recipient: &str, text: &str, context: Value, sender: Option<&str>) -> Message {
     Message {
         id: "m-1".into(),
         conversation_id: "c-1".into(),
         sender: sender.map(Into::into),
         recipient: recipient.into(),
-        messages: vec![
-            ChatMessage {
-                role: "user".into(),
-                content: "earlier turn".into(),
-            },
-            ChatMessage {
-                role: "assistant".into(),
-                content: "an answer".into(),
-            },
-            ChatMessage {
-                role: "user".into(),
-                content: text.into(),
-            },
-        ],
+        messages: history(text),
         context: context.to_string(),
         attempt: 2,
         hops: 3,
+        model: Some("gpt-test".into()),
+        extra: r#"{"max_turns":"Infinity","stream":false,"n":3}"#.into(),
     }
 }
 
-/// An answer in a comparable form: destinations, turns, and the context
-/// parsed (key order is not part of the contract).
+fn json_text(text: &Option<String>) -> Value {
+    text.as_deref()
+        .map(|t| serde_json::from_str::<Value>(t).expect("JSON text"))
+        .unwrap_or(Value::Null)
+}
+
+/// A chat turn in a comparable form (extra parsed: key order is not part of
+/// the contract).
+fn turn_json(m: &ChatMessage) -> Value {
+    json!({
+        "role": m.role,
+        "content": m.content,
+        "name": m.name,
+        "tool_calls": m.tool_calls.as_ref().map(|calls| calls.iter().map(|c| {
+            json!([c.id, c.kind, c.function.name, c.function.arguments])
+        }).collect::<Vec<_>>()),
+        "tool_call_id": m.tool_call_id,
+        "extra": json_text(&m.extra),
+    })
+}
+
+/// An answer in a comparable form: destinations, turns, and the context,
+/// model and extra keys parsed.
 fn normalise(answer: Result<Vec<Outgoing>, Failure>) -> Value {
     match answer {
         Err(Failure::Retry(r)) => json!({ "retry": r }),
@@ -88,8 +140,10 @@ fn normalise(answer: Result<Vec<Outgoing>, Failure>) -> Value {
                             Destination::Agent(a) => json!({ "agent": a }),
                             Destination::Reply => json!("reply"),
                         },
-                        "messages": o.messages.iter().map(|m| json!([m.role, m.content])).collect::<Vec<_>>(),
-                        "context": o.context.map(|c| serde_json::from_str::<Value>(&c).expect("context is JSON")),
+                        "messages": o.messages.iter().map(turn_json).collect::<Vec<_>>(),
+                        "context": json_text(&o.context),
+                        "model": o.model,
+                        "extra": json_text(&o.extra),
                     })
                 })
                 .collect(),
@@ -100,27 +154,41 @@ fn normalise(answer: Result<Vec<Outgoing>, Failure>) -> Value {
 /// Sends every message to each language's build of `agent`; returns the
 /// Rust answers after checking the others match them exactly.
 async fn conform(agent: &str, messages: &[Message]) -> Vec<Value> {
+    let builds: Vec<(String, PathBuf)> = LANGUAGES
+        .iter()
+        .map(|lang| (lang.to_string(), build(lang, agent)))
+        .collect();
+    conform_builds(agent, &builds, messages).await
+}
+
+/// [`conform`] over any builds; the first one's answers are the reference.
+async fn conform_builds(
+    agent: &str,
+    builds: &[(String, PathBuf)],
+    messages: &[Message],
+) -> Vec<Value> {
     let runtime = Runtime::new(runtime_config(InstanceMode::Reuse)).unwrap();
     let mut answers: Vec<(String, Vec<Value>)> = Vec::new();
-    for lang in LANGUAGES {
-        let pool = pool(&runtime, &build(lang, agent)).await;
+    for (label, path) in builds {
+        let pool = pool(&runtime, path).await;
         let mut got = Vec::new();
         for m in messages {
             let answer = pool
                 .call(m)
                 .await
-                .unwrap_or_else(|e| panic!("{lang} {agent} failed on {m:?}: {e}"));
+                .unwrap_or_else(|e| panic!("{label} {agent} failed on {m:?}: {e}"));
             got.push(normalise(answer));
         }
-        answers.push((lang.to_string(), got));
+        answers.push((label.clone(), got));
     }
-    let (_, rust) = &answers[0];
-    for (lang, got) in &answers[1..] {
-        for (i, (want, got)) in rust.iter().zip(got).enumerate() {
+    let (_, reference) = &answers[0];
+    for (label, got) in &answers[1..] {
+        for (i, (want, got)) in reference.iter().zip(got).enumerate() {
             assert_eq!(
                 got,
                 want,
-                "{lang} {agent} differs from rust on message {i}: {:?}",
+                "{label} {agent} differs from {} on message {i}: {:?}",
+                answers[0].0,
                 messages[i].messages.last()
             );
         }
@@ -128,12 +196,10 @@ async fn conform(agent: &str, messages: &[Message]) -> Vec<Value> {
     answers.swap_remove(0).1
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_language_answers_the_conformance_scenarios_identically() {
-    let ctx =
-        json!({"user": "alice", "n": 42, "ratio": 1.5, "nested": {"b": 1, "a": [true, null]}});
+/// The first release's scenarios (the commands of contract 0.1).
+fn first_scenarios(ctx: &Value) -> Vec<Message> {
     let m = |text: &str| message("conformance", text, ctx.clone(), Some("agent_z"));
-    let scenarios = [
+    vec![
         m("reply:hello there"),
         m("handoff:agent_b:over to you"),
         m("retry:try later"),
@@ -151,10 +217,34 @@ async fn every_language_answers_the_conformance_scenarios_identically() {
         m("cfg:greeting"),
         m("cfg:token"),
         m("cfg:absent"),
-    ];
+    ]
+}
+
+fn context() -> Value {
+    json!({"user": "alice", "n": 42, "ratio": 1.5, "nested": {"b": 1, "a": [true, null]}})
+}
+
+/// The text of the last turn of an answer's first message.
+fn text(v: &Value) -> Value {
+    v[0]["messages"].as_array().unwrap().last().unwrap()["content"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_language_answers_the_conformance_scenarios_identically() {
+    let ctx = context();
+    let m = |text: &str| message("conformance", text, ctx.clone(), Some("agent_z"));
+    let mut scenarios = first_scenarios(&ctx);
+    scenarios.extend([
+        m("history"),
+        m(r#"toolcall:get_weather:{"city": "Oslo"}"#),
+        m("model"),
+        m("extra:stream"),
+        m("extra:absent"),
+        m("setmodel:gpt-x"),
+        m("openai"),
+    ]);
     let rust = conform("conformance", &scenarios).await;
     // And the shared answers are the right ones, not merely the same.
-    let text = |v: &Value| v[0]["messages"].as_array().unwrap().last().unwrap()[1].clone();
     assert_eq!(text(&rust[0]), "hello there");
     assert_eq!(rust[1][0]["to"], json!({"agent": "agent_b"}));
     assert_eq!(rust[1][0]["context"]["handed_by"], "conformance");
@@ -174,6 +264,79 @@ async fn every_language_answers_the_conformance_scenarios_identically() {
     assert_eq!(text(&rust[14]), "hello from the host");
     assert_eq!(text(&rust[15]), "t0ken");
     assert_eq!(text(&rust[16]), "unset");
+    // Every reply carries the whole history: tool calls, ids, names, null
+    // content and extra keys as they came.
+    let sent: Vec<Value> = history("reply:hello there").iter().map(turn_json).collect();
+    assert_eq!(rust[0][0]["messages"].as_array().unwrap()[..5], sent[..]);
+    let sent: Vec<Value> = history("history").iter().map(turn_json).collect();
+    assert_eq!(rust[17][0]["messages"], json!(sent));
+    let calls = rust[18][0]["messages"].as_array().unwrap();
+    assert_eq!(calls.len(), 7);
+    assert_eq!(
+        calls[5],
+        json!({"role": "assistant", "content": null, "name": null, "tool_call_id": null, "extra": null,
+               "tool_calls": [["call_3", "function", "get_weather", r#"{"city": "Oslo"}"#]]})
+    );
+    assert_eq!(calls[6]["tool_call_id"], "call_3");
+    assert_eq!(calls[6]["content"], "done");
+    assert_eq!(text(&rust[19]), "gpt-test");
+    assert_eq!(text(&rust[20]), "false");
+    assert_eq!(text(&rust[21]), "missing");
+    assert_eq!(rust[22][0]["to"], json!({"agent": "agent_b"}));
+    assert_eq!(rust[22][0]["model"], "gpt-x");
+    assert_eq!(rust[22][0]["extra"], json!({"set_by": "conformance"}));
+    let openai: Value = serde_json::from_str(text(&rust[23]).as_str().unwrap()).unwrap();
+    assert_eq!(
+        openai,
+        json!([
+            {"role": "user", "content": "earlier turn", "name": "alice"},
+            {"role": "assistant", "content": null, "refusal": null,
+             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": r#"{"q": "x"}"#}}]},
+            {"role": "tool", "content": "found", "tool_call_id": "call_1"},
+            {"role": "assistant", "content": "an answer"},
+            {"role": "user", "content": "openai"}
+        ])
+    );
+}
+
+/// The 0.1.0 builds of the first release (copies in tests/fixtures/v0.1) run
+/// unchanged in a 0.2 host and answer the first scenarios exactly as the 0.2
+/// build does: even the tool-call turns they cannot see come back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_of_contract_0_1_answer_the_first_scenarios_unchanged() {
+    let old = root().join("tests/fixtures/v0.1/conformance.wasm");
+    let builds = [
+        ("rust 0.2".to_string(), build("rust", "conformance")),
+        ("rust 0.1".to_string(), old.clone()),
+    ];
+    let answers = conform_builds("conformance", &builds, &first_scenarios(&context())).await;
+    assert_eq!(text(&answers[0]), "hello there");
+    let runtime = Runtime::new(runtime_config(InstanceMode::Reuse)).unwrap();
+    let pool = pool(&runtime, &old).await;
+    assert_eq!(pool.module().contract.to_string(), "0.1.0");
+    let pool2 = self::pool(&runtime, &build("rust", "conformance")).await;
+    assert_eq!(pool2.module().contract.to_string(), "0.2.0");
+    // The old example agents too: agent_a hands off, agent_b greets.
+    let a = |agent: &str, text: &str| message(agent, text, json!({"user": "alice"}), None);
+    for (agent, text, to) in [
+        (
+            "agent_a",
+            "I want to talk to agent B.",
+            json!({"agent": "agent_b"}),
+        ),
+        ("agent_b", "hi", json!("reply")),
+        ("echo", "anything", json!("reply")),
+    ] {
+        let builds = [
+            ("0.2".to_string(), build("rust", agent)),
+            (
+                "0.1".to_string(),
+                root().join(format!("tests/fixtures/v0.1/{agent}.wasm")),
+            ),
+        ];
+        let answers = conform_builds(agent, &builds, &[a(agent, text)]).await;
+        assert_eq!(answers[0][0]["to"], to, "{agent}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +370,6 @@ async fn agent_a_and_agent_b_behave_the_same_in_every_language() {
         ],
     )
     .await;
-    let text = |v: &Value| v[0]["messages"].as_array().unwrap().last().unwrap()[1].clone();
     assert_eq!(
         text(&rust[0]),
         "Hello alice, Agent B here (agent_a sent you over). How can I help you?"

@@ -196,6 +196,8 @@ async fn seed_client_publish_is_handed_off_and_answered() {
             .last()
             .unwrap()
             .content
+            .text()
+            .unwrap()
             .contains("Hello alice"),
         "{body:?}"
     );

@@ -50,11 +50,17 @@ fn message(i: usize) -> Message {
         recipient: "echo".into(),
         messages: vec![ChatMessage {
             role: "user".into(),
-            content: content(),
+            content: Some(content()),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
+            extra: None,
         }],
         context: "{}".into(),
         attempt: 1,
         hops: 0,
+        model: None,
+        extra: "{}".into(),
     }
 }
 

@@ -78,6 +78,13 @@ pub struct BrokerArgs {
     /// The topic exchange agents' queues are bound to.
     #[arg(long, env = "WARREN_EXCHANGE", default_value = "agent_exchange")]
     pub exchange: String,
+    /// Whether warren declares the exchange durable when it is missing.
+    /// `false` declares it as the original SwarmRabbitMQ clients do
+    /// (non-durable, no arguments), the setting for a deployment that still
+    /// runs them: their declare fails on any other exchange. An exchange
+    /// that exists is used as it is, whatever this says.
+    #[arg(long, env = "WARREN_EXCHANGE_DURABLE", value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set)]
+    pub exchange_durable: bool,
     /// Unacknowledged deliveries per consumer.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
@@ -109,6 +116,7 @@ impl BrokerArgs {
         let url = self.amqp_url.as_ref()?;
         Some(AmqpConfig {
             exchange: self.exchange.clone(),
+            exchange_durable: self.exchange_durable,
             prefetch: self.prefetch,
             queue_type: self.queue_type,
             recovery_timeout: Duration::from_secs(self.recovery_timeout),

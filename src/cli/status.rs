@@ -14,9 +14,13 @@ use warren::{control, names, registry};
 
 #[derive(Args)]
 pub struct StatusCmd {
-    /// Print JSON instead of a table.
+    /// Print JSON instead of a table (every field, plus `debug_queues`).
     #[arg(long)]
     json: bool,
+    /// Print only the original client's `debug_queues()` object: per agent,
+    /// queue_name, message_count, consumer_count, routing_key, status.
+    #[arg(long, conflicts_with_all = ["json", "watch"])]
+    debug_queues: bool,
     #[command(flatten)]
     remote: RemoteArgs,
     /// With RabbitMQ: report the agents of this plugins folder...
@@ -75,8 +79,10 @@ pub async fn run(c: StatusCmd) -> Result<()> {
         amqp.close().await;
     }
     let status = status?;
-    if c.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    if c.debug_queues {
+        println!("{}", serde_json::to_string_pretty(&status.debug_queues())?);
+    } else if c.json {
+        println!("{}", serde_json::to_string_pretty(&status.to_json())?);
     } else {
         print!("{}", status.table());
     }

@@ -21,11 +21,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use sha2::{Digest, Sha256};
+use wasmtime::component::Linker;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use bindings::{ChatMessage, Destination, Failure, Message, Outgoing, WORLD};
+pub use bindings::{
+    ChatMessage, Contract, Destination, Failure, FunctionCall, Message, Outgoing, ToolCall, WORLD,
+};
 pub use manifest::AgentLimits;
 pub use pool::{AgentPool, CallStats, GuestError, GuestErrorKind};
 use sandbox::AgentState;
@@ -102,7 +104,9 @@ pub struct AgentModule {
     pub loaded_at: SystemTime,
     /// Whether the compiled code came from the cache.
     pub cache_hit: bool,
-    pub(crate) pre: bindings::AgentPre<AgentState>,
+    /// The contract version the component was built against.
+    pub contract: Contract,
+    pub(crate) pre: bindings::BoundPre,
 }
 
 impl Runtime {
@@ -122,7 +126,7 @@ impl Runtime {
         // Every agent may import wasi:http; whether a request leaves the
         // host is decided per agent by its allow-list (see `outbound`).
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        bindings::add_to_linker(&mut linker)?;
         spawn_epoch_ticker(&engine);
         Ok(Arc::new(Runtime {
             cache: cache::CompileCache::new(&engine, config.cache_dir.clone()),
@@ -176,15 +180,18 @@ impl Runtime {
                     "does not implement world {WORLD}: it needs an import warren does not provide"
                 )
             })?;
-        let pre = bindings::AgentPre::new(pre)
+        let pre = bindings::BoundPre::new(pre)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("does not implement world {WORLD}"))?;
+            .with_context(|| {
+                format!("does not implement world {WORLD} (nor warren:agent/agent@0.1.0)")
+            })?;
         Ok(AgentModule {
             name: name.to_string(),
             version: content_version(bytes),
             source: source.to_path_buf(),
             loaded_at: SystemTime::now(),
             cache_hit,
+            contract: pre.contract(),
             pre,
         })
     }

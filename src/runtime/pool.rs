@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use wasmtime::{Store, UpdateDeadline};
 
-use super::bindings::{Agent, Failure, Message, Outgoing};
+use super::bindings::{Bound, Failure, Message, Outgoing};
 use super::limits::LimitExceeded;
 use super::sandbox::AgentState;
 use super::{AgentLimits, AgentModule, InstanceMode, Runtime};
@@ -137,7 +137,7 @@ impl CallStats {
 
 struct Instance {
     store: Store<AgentState>,
-    agent: Agent,
+    agent: Bound,
 }
 
 /// The running form of one agent version.

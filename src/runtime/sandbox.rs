@@ -20,7 +20,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::{Level, warren::agent};
+use super::bindings::{Level, v0_1, v0_2::warren::agent};
 use super::manifest::AgentLimits;
 use super::outbound::HttpGate;
 use super::pool::CallStats;
@@ -211,6 +211,19 @@ impl WasiHttpView for AgentState {
 }
 
 impl agent::types::Host for AgentState {}
+impl v0_1::warren::agent::types::Host for AgentState {}
+
+impl v0_1::warren::agent::config::Host for AgentState {
+    fn get(&mut self, key: String) -> Option<String> {
+        agent::config::Host::get(self, key)
+    }
+}
+
+impl v0_1::warren::agent::host::Host for AgentState {
+    fn log(&mut self, level: v0_1::warren::agent::host::Level, text: String) {
+        agent::host::Host::log(self, level.into(), text)
+    }
+}
 
 impl agent::config::Host for AgentState {
     fn get(&mut self, key: String) -> Option<String> {

@@ -1,12 +1,14 @@
 //! Echo: replies with exactly what it received. The benchmark agent.
 
-use warren_agent::{Agent, Answer, Destination, Message, Outgoing};
+use warren_agent::{send, Agent, Answer, Destination, Message};
 
 struct Echo;
 
 impl Agent for Echo {
     fn on_message(msg: Message) -> Answer {
-        Ok(vec![Outgoing { to: Destination::Reply, messages: msg.messages, context: None }])
+        // The whole history, tool calls and all; context, model and extra
+        // keys are kept by the host.
+        Ok(vec![send(Destination::Reply, msg.messages)])
     }
 }
 

@@ -131,11 +131,8 @@ fn conversation(msg: &Message, prompt: &str) -> Vec<Value> {
         _ => prompt.to_string(),
     };
     let mut messages = vec![json!({"role": "system", "content": system})];
-    messages.extend(
-        msg.messages
-            .iter()
-            .map(|m| json!({"role": m.role, "content": m.content})),
-    );
+    // Whole OpenAI messages: tool calls and their results as they came.
+    messages.extend(warren_agent::to_openai(&msg.messages));
     messages
 }
 

@@ -11,7 +11,7 @@ the operator: see examples/llm_triage.toml.
 import json
 
 import wit_world
-from warren_agent import context, get_config, handoff, info, reject, reply, retry
+from warren_agent import context, get_config, handoff, info, reject, reply, retry, to_openai
 from warren_http import HttpError, post_json
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -76,13 +76,12 @@ def complete(url, api_key, request):
 
 def conversation(msg, prompt):
     """The system prompt (with the context variables, as Swarm gives them to
-    its agents' instructions), then the conversation so far."""
+    its agents' instructions), then the conversation so far, each message
+    whole (tool calls, tool results, names and other keys as they came)."""
     ctx = context(msg)
     system = (f"{prompt}\n\nContext variables: {json.dumps(ctx, separators=(',', ':'), sort_keys=True)}"
               if ctx else prompt)
-    return [{"role": "system", "content": system}] + [
-        {"role": m.role, "content": m.content} for m in msg.messages
-    ]
+    return [{"role": "system", "content": system}] + to_openai(msg.messages)
 
 
 def transfer_tool(agent):

@@ -156,6 +156,11 @@ impl Consumer for AmqpConsumer {
                         return None;
                     }
                     info!(agent = what, "consumer recovered");
+                    if let Some(agent) = &self.agent
+                        && let Err(e) = self.inner.restore_routing(agent).await
+                    {
+                        warn!(agent = what, "after the reconnect: {e:#}");
+                    }
                 }
                 None => return None,
             }

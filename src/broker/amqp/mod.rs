@@ -84,6 +84,12 @@ pub struct AmqpConfig {
     pub url: String,
     /// The topic exchange agents are bound to.
     pub exchange: String,
+    /// How the exchange is declared when it is missing: durable, with
+    /// warren's alternate exchange (the default); or as the original
+    /// SwarmRabbitMQ clients declare it, non-durable and without arguments
+    /// (RabbitMQ refuses a declare whose durability or arguments differ, so
+    /// their start-up fails on anything else).
+    pub exchange_durable: bool,
     /// Unacknowledged deliveries per consumer.
     pub prefetch: u16,
     pub queue_type: QueueType,
@@ -106,6 +112,7 @@ impl AmqpConfig {
         AmqpConfig {
             url: url.into(),
             exchange: "agent_exchange".into(),
+            exchange_durable: true,
             prefetch: 8,
             queue_type: QueueType::Classic,
             recovery_timeout: Duration::from_secs(120),
@@ -171,6 +178,9 @@ struct Inner {
     agents: Mutex<BTreeSet<String>>,
     /// Delay queues already declared by this process.
     delay_queues: Mutex<BTreeSet<String>>,
+    /// The agent exchange's shape as found or made: (durable, with the
+    /// alternate exchange); none if it is neither of the two warren knows.
+    exchange_shape: Mutex<Option<(bool, bool)>>,
     seq: AtomicU64,
     /// Times an operation waited for a connection recovery (and got it).
     recoveries: AtomicU64,
@@ -252,6 +262,7 @@ impl AmqpBroker {
                 settle_lock: tokio::sync::Mutex::new(()),
                 agents: Mutex::new(BTreeSet::new()),
                 delay_queues: Mutex::new(BTreeSet::new()),
+                exchange_shape: Mutex::new(None),
                 seq: AtomicU64::new(0),
                 recoveries: AtomicU64::new(0),
                 settled: Mutex::new(HashMap::new()),

@@ -14,11 +14,13 @@
 //!   (`warren dlq replay NAME --all` delivers it once the agent exists);
 //! - if that agent's queue appeared meanwhile: delivered to it.
 //!
-//! An exchange that already exists without the argument (made by another
-//! client, an older warren, or declared non-durable for the seed's clients,
-//! whose `exchange_declare` RabbitMQ would refuse if the arguments differed)
-//! is used as it is, with a warning: a policy can add the alternate exchange
-//! without redeclaring it (docs/operations.md).
+//! With `--exchange-durable false` warren declares a missing exchange as the
+//! original SwarmRabbitMQ clients do — non-durable and without arguments —
+//! because RabbitMQ refuses their `exchange_declare` against an exchange
+//! whose durability or arguments differ. An exchange that already exists is
+//! used as it is, with a warning that says what differs and what that costs:
+//! a policy can add the alternate exchange without redeclaring it
+//! (docs/operations.md).
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
@@ -76,47 +78,124 @@ impl Inner {
         .await
         .with_context(|| format!("declaring `{UNROUTABLE}` (alternate exchange and queue)"))?;
         let exchange = self.config.exchange.clone();
-        let mut args = FieldTable::default();
-        args.insert(
-            "alternate-exchange".into(),
-            AMQPValue::LongString(UNROUTABLE.into()),
-        );
-        let name = exchange.clone();
-        let declared = self
-            .on_temp_channel(|ch| async move {
-                ch.exchange_declare(name.as_str().into(), ExchangeKind::Topic, durable, args)
-                    .await
-            })
-            .await;
+        let ours = self.config.exchange_durable;
+        let declared = self.declare_agent_exchange(ours, ours).await;
         let error = match declared {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                *self.exchange_shape.lock().unwrap() = Some((ours, ours));
+                return Ok(());
+            }
             Err(e) => e.to_string(),
         };
         if !error.contains("PRECONDITION_FAILED") {
             anyhow::bail!("declaring exchange `{exchange}`: {error}");
         }
-        let name = exchange.clone();
+        // It exists with other settings. Try the usual other shape (the
+        // original clients': non-durable, no arguments, or the reverse) to say
+        // what differs; a declare that matches changes nothing.
+        let cost = if self.declare_agent_exchange(!ours, !ours).await.is_ok() {
+            *self.exchange_shape.lock().unwrap() = Some((!ours, !ours));
+            if ours {
+                format!(
+                    "it is not durable: RabbitMQ forgets it and its bindings when it restarts, until a client \
+                     declares them again (warren does when it reconnects; an original client when it starts), \
+                     and what is published to it meanwhile is refused (warren retries it); it has no alternate exchange `{UNROUTABLE}`, \
+                     so a message published without `mandatory` for an agent that does not exist is dropped \
+                     (a policy can add one, see docs/operations.md)"
+                )
+            } else {
+                "it is durable, with warren's alternate exchange (warren was told --exchange-durable false): \
+                 the original clients' own declare (non-durable, no arguments) fails against it"
+                    .to_string()
+            }
+        } else {
+            self.on_temp_channel(|ch| {
+                let name = exchange.clone();
+                async move {
+                    ch.exchange_declare(
+                        name.as_str().into(),
+                        ExchangeKind::Topic,
+                        ExchangeDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                }
+            })
+            .await
+            .with_context(|| {
+                format!("exchange `{exchange}` exists but cannot be used ({error})")
+            })?;
+            format!(
+                "without its alternate exchange `{UNROUTABLE}`, a message published without `mandatory` to an \
+                 agent that does not exist is dropped by RabbitMQ (a policy can add it, see docs/operations.md)"
+            )
+        };
+        warn!(
+            exchange,
+            "exchange `{exchange}` already exists with other settings than warren's ({error}); using it as it is: {cost}"
+        );
+        Ok(())
+    }
+
+    /// After a reconnect: declares the agent exchange again in the shape it
+    /// had, and binds `agent`'s queue to it again. A durable exchange
+    /// survives a broker restart and this changes nothing; a non-durable one
+    /// (the original clients') is gone with its bindings, and messages to
+    /// the agent would have nowhere to go until someone declared them.
+    pub(super) async fn restore_routing(&self, agent: &str) -> Result<()> {
+        let shape = *self.exchange_shape.lock().unwrap();
+        if let Some((durable, alternate)) = shape {
+            self.declare_agent_exchange(durable, alternate)
+                .await
+                .with_context(|| format!("declaring exchange `{}` again", self.config.exchange))?;
+        }
+        let (q, x, rk) = (
+            names::queue(agent),
+            self.config.exchange.clone(),
+            names::routing_key(agent),
+        );
         self.on_temp_channel(|ch| async move {
-            ch.exchange_declare(
-                name.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+            ch.queue_bind(
+                q.as_str().into(),
+                x.as_str().into(),
+                rk.as_str().into(),
+                QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await
         })
         .await
-        .with_context(|| format!("exchange `{exchange}` exists but cannot be used ({error})"))?;
-        warn!(
-            exchange,
-            "exchange `{exchange}` already exists with other settings than warren's ({error}); using it as it is: \
-             without its alternate exchange `{UNROUTABLE}`, a message published without `mandatory` to an agent \
-             that does not exist is dropped by RabbitMQ (a policy can add it, see docs/operations.md)"
-        );
-        Ok(())
+        .with_context(|| format!("binding the queue of `{agent}` again"))
+    }
+
+    /// Declares the agent exchange: topic, `durable` or not, with warren's
+    /// alternate exchange or without arguments.
+    async fn declare_agent_exchange(&self, durable: bool, alternate: bool) -> Result<()> {
+        let mut args = FieldTable::default();
+        if alternate {
+            args.insert(
+                "alternate-exchange".into(),
+                AMQPValue::LongString(UNROUTABLE.into()),
+            );
+        }
+        let name = self.config.exchange.clone();
+        self.on_temp_channel(|ch| async move {
+            ch.exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+        })
+        .await
+        .map_err(Into::into)
     }
 
     /// Moves what arrives in `warren_unroutable` to where it is kept (see
