@@ -324,7 +324,7 @@ async fn plugin_not_implementing_the_world_is_rejected_others_keep_working() {
     };
     let e = err("empty");
     assert!(
-        e.contains("does not implement world warren:agent/agent@0.1.0"),
+        e.contains("does not implement world warren:agent/agent@0.2.0"),
         "{e}"
     );
     assert!(

@@ -202,7 +202,7 @@ async fn a_bad_file_over_a_working_agent_leaves_the_old_version_serving() {
         (
             "wrong world",
             b"\0asm\x0d\x00\x01\x00".to_vec(),
-            "does not implement world warren:agent/agent@0.1.0",
+            "does not implement world warren:agent/agent@0.2.0",
         ),
     ];
     for (what, bytes, reason) in bad {
