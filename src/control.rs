@@ -56,15 +56,22 @@ enum Response {
 }
 
 /// Serves the control socket until `shutdown`.
+/// Fails if another live host serves `path` (a stale socket from a crashed
+/// host is fine: [`serve`] replaces it).
+pub async fn check_free(path: &Path) -> Result<()> {
+    if path.exists() && UnixStream::connect(path).await.is_ok() {
+        bail!(
+            "another warren host is already serving {} (stop it, or pass --control to use another socket)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 pub async fn serve(host: Arc<Host>, path: PathBuf, shutdown: CancellationToken) -> Result<()> {
     if path.exists() {
         // A live host answers; a stale socket from a crashed one is replaced.
-        if UnixStream::connect(&path).await.is_ok() {
-            bail!(
-                "another warren host is already serving {} (stop it, or pass --control to use another socket)",
-                path.display()
-            );
-        }
+        check_free(&path).await?;
         std::fs::remove_file(&path)
             .with_context(|| format!("removing stale {}", path.display()))?;
     }
@@ -118,6 +125,18 @@ async fn answer(host: Arc<Host>, stream: UnixStream) -> Result<()> {
             }
         }
         Ok(Request::Dlq { agent, action }) => {
+            // A replay right after a new file was dropped in goes to the new
+            // version: wait for its swap (a compile takes seconds).
+            if matches!(action, crate::dlq::Op::Replay { .. }) {
+                let agent = crate::names::normalise(&agent);
+                if host
+                    .registry()
+                    .wait_loaded(&agent, Duration::from_secs(60))
+                    .await
+                {
+                    tracing::info!(agent, "replay waited for the agent's new version to load");
+                }
+            }
             match crate::dlq::run(host.broker().as_ref(), &agent, action).await {
                 Ok(answer) => Response::Dlq(answer),
                 Err(e) => Response::Error(format!("{e:#}")),

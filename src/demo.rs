@@ -76,13 +76,39 @@ pub async fn run(plugins: &Path, config: HostConfig, out: &mut impl Write) -> Re
         e = dead_letter => Err(e),
     };
 
-    // Print the hops in the order they happened.
+    // The answer can arrive before the agent that sent it has acked and said
+    // so: wait (briefly) for that last hop, so the list and the table below
+    // show it done.
+    let reply_id = outcome
+        .as_ref()
+        .ok()
+        .and_then(|o| o.reply.as_ref())
+        .map(|r| r.id.clone());
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     loop {
-        match events.try_recv() {
-            Ok(event) => print_event(out, &event)?,
-            Err(TryRecvError::Lagged(n)) => writeln!(out, "  ({n} events not shown)")?,
-            Err(_) => break,
-        }
+        let event = match events.try_recv() {
+            Ok(event) => event,
+            Err(TryRecvError::Lagged(n)) => {
+                writeln!(out, "  ({n} events not shown)")?;
+                continue;
+            }
+            Err(_) => {
+                let last_hop_seen = seen.iter().any(|e: &Event| {
+                    matches!(e, Event::Handled { outgoing, .. }
+                        if outgoing.iter().any(|s| Some(&s.id) == reply_id.as_ref()))
+                });
+                if reply_id.is_none() || last_hop_seen {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Ok(event)) => event,
+                    _ => break,
+                }
+            }
+        };
+        print_event(out, &event)?;
+        seen.push(event);
     }
     let outcome = outcome?;
     let reply = outcome.reply.expect("send waited for a reply");

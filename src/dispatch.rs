@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{
     Broker, Consumer, Delivery, Envelope, HEADER_AGENT_VERSION, HEADER_BAD, HEADER_DESTINATION,
-    HEADER_NOTIFY, HEADER_TRAPS, Route, Unroutable, bounded,
+    HEADER_GUEST_TRACE, HEADER_NOTIFY, HEADER_TRAPS, Route, Unroutable, bounded,
 };
 use crate::contract;
 use crate::metrics::{AgentMetrics, Metrics};
@@ -229,6 +229,12 @@ impl Dispatcher {
         entry.at = std::time::Instant::now();
     }
 
+    /// Forgets an agent's latest error: a new version serves now, and the
+    /// old one's error would only mislead (`status --watch`).
+    pub fn clear_last_error(&self, agent: &str) {
+        self.last_errors.lock().unwrap().remove(agent);
+    }
+
     fn note_error(&self, agent: &str, reason: &str) {
         self.last_errors
             .lock()
@@ -334,7 +340,18 @@ impl Dispatcher {
                     }
                 }
             }
-            Verdict::Retry { reason, trap } => {
+            Verdict::Retry {
+                reason,
+                trap,
+                trace,
+            } => {
+                if let Some(trace) = trace {
+                    let trace = bounded(&trace, MAX_REASON_BYTES).into_owned();
+                    delivery
+                        .envelope
+                        .headers
+                        .insert(HEADER_GUEST_TRACE.to_string(), trace);
+                }
                 self.retry_or_dead_letter(agent, m, delivery, reason, trap)
                     .await
             }
@@ -458,6 +475,7 @@ impl Dispatcher {
                 Verdict::Retry {
                     reason: format!("agent asked to retry: {reason}"),
                     trap: false,
+                    trace: None,
                 }
             }
             Ok(Err(Failure::Reject(reason))) => {
@@ -466,9 +484,17 @@ impl Dispatcher {
             }
             Err(guest) => {
                 m.failure(guest.kind.label());
+                if let Some(trace) = &guest.detail {
+                    warn!(
+                        agent,
+                        id = env.id,
+                        "guest failed: {guest}; its stderr:\n{trace}"
+                    );
+                }
                 Verdict::Retry {
                     reason: format!("guest failed: {guest}"),
                     trap: true,
+                    trace: guest.detail,
                 }
             }
         }
@@ -627,6 +653,8 @@ enum Verdict {
     Retry {
         reason: String,
         trap: bool,
+        /// The guest's stderr of the failed call, kept on the message.
+        trace: Option<String>,
     },
     /// Back to the queue without using an attempt.
     Requeue(String),

@@ -296,6 +296,27 @@ impl Host {
             });
             anyhow::bail!(reason);
         }
+        // A new version can take seconds to compile (an 18 MB Python
+        // component: ~9 s): say so at once, and show it as loading.
+        let version = std::fs::read(path)
+            .ok()
+            .map(|bytes| crate::runtime::content_version(&bytes));
+        let serving = self.registry.get(&agent).map(|p| p.version().to_string());
+        let _loading = match &version {
+            Some(v) if Some(v) != serving.as_ref() => {
+                info!(
+                    agent,
+                    file = %path.display(),
+                    "compiling {agent} (new version {v}{})",
+                    serving
+                        .as_ref()
+                        .map(|s| format!(", version {s} keeps serving meanwhile"))
+                        .unwrap_or_default()
+                );
+                Some(self.registry.start_loading(&agent, v))
+            }
+            _ => None,
+        };
         let result = async {
             // Compiling and the smoke instantiation happen here, off the hot
             // path: running consumers keep using the current version.
@@ -356,6 +377,7 @@ impl Host {
         );
         // The swap: new deliveries get the new version; calls in flight hold
         // the old one and finish on it; its instances go when the last does.
+        self.dispatcher.clear_last_error(&name);
         match self.registry.insert(pool.clone()) {
             Some(previous) => {
                 self.counters.swaps.fetch_add(1, Ordering::Relaxed);
@@ -461,6 +483,15 @@ impl Host {
         for e in errors {
             if !agents.iter().any(|a| a.queue.agent == e.agent) {
                 agents.push(AgentStatus::failed(e));
+            }
+        }
+        for (agent, version) in self.registry.loading_all() {
+            match agents.iter_mut().find(|a| a.queue.agent == agent) {
+                Some(a) if a.version.is_some() => {
+                    a.queue.status = format!("serving; loading {version}")
+                }
+                Some(a) => a.queue.status = format!("loading {version}"),
+                None => agents.push(AgentStatus::loading(&agent, &version)),
             }
         }
         Ok(Status {

@@ -38,6 +38,9 @@ use tokio_util::sync::CancellationToken;
 pub struct Recorded {
     /// The `Authorization` header, as sent.
     pub authorization: Option<String>,
+    /// The `Content-Length` and `Transfer-Encoding` headers, as sent.
+    pub content_length: Option<String>,
+    pub transfer_encoding: Option<String>,
     /// The JSON body.
     pub body: Value,
 }
@@ -120,8 +123,16 @@ async fn completions(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let header = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     shared.requests.lock().unwrap().push(Recorded {
         authorization: authorization.clone(),
+        content_length: header(header::CONTENT_LENGTH),
+        transfer_encoding: header(header::TRANSFER_ENCODING),
         body: body.clone(),
     });
     if let Some(key) = &shared.api_key

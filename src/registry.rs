@@ -28,6 +28,22 @@ pub struct Registry {
     /// Per agent, the version the rollback guard threw out: the same file is
     /// not loaded again until it changes.
     rolled_back: RwLock<BTreeMap<String, String>>,
+    /// Per agent, the new version being compiled (a swap not live yet).
+    loading: RwLock<BTreeMap<String, String>>,
+    loaded: tokio::sync::Notify,
+}
+
+/// Marks an agent's new version as loading until dropped.
+pub struct Loading<'a> {
+    registry: &'a Registry,
+    agent: String,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.registry.loading.write().unwrap().remove(&self.agent);
+        self.registry.loaded.notify_waiters();
+    }
 }
 
 impl Registry {
@@ -37,6 +53,49 @@ impl Registry {
 
     pub fn get(&self, agent: &str) -> Option<Arc<AgentPool>> {
         self.agents.read().unwrap().get(agent).cloned()
+    }
+
+    /// Marks `version` of `agent` as being compiled, until the guard drops.
+    pub fn start_loading(&self, agent: &str, version: &str) -> Loading<'_> {
+        self.loading
+            .write()
+            .unwrap()
+            .insert(agent.to_string(), version.to_string());
+        Loading {
+            registry: self,
+            agent: agent.to_string(),
+        }
+    }
+
+    /// The version of `agent` being compiled, if a swap is pending.
+    pub fn loading(&self, agent: &str) -> Option<String> {
+        self.loading.read().unwrap().get(agent).cloned()
+    }
+
+    /// Every agent with a pending swap, and the version it is loading.
+    pub fn loading_all(&self) -> Vec<(String, String)> {
+        let loading = self.loading.read().unwrap();
+        loading
+            .iter()
+            .map(|(a, v)| (a.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Waits (up to `timeout`) until no swap of `agent` is pending; whether
+    /// it had to wait.
+    pub async fn wait_loaded(&self, agent: &str, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut waited = false;
+        loop {
+            let notified = self.loaded.notified();
+            if self.loading(agent).is_none() {
+                return waited;
+            }
+            waited = true;
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return waited;
+            }
+        }
     }
 
     /// Installs (or replaces) an agent; returns the version it replaced.

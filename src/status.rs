@@ -168,21 +168,33 @@ impl AgentStatus {
 
     /// A plugin that never loaded and so has no queue yet.
     pub fn failed(error: PluginError) -> Self {
-        let queue = QueueStats {
-            queue: names::queue(&error.agent),
-            routing_key: names::routing_key(&error.agent),
-            dead_letter_queue: names::dead_letter_queue(&error.agent),
-            agent: error.agent.clone(),
-            message_count: 0,
-            consumer_count: 0,
-            unacked: 0,
-            delayed: 0,
-            dead_letter_count: 0,
-            status: "plugin error".into(),
-        };
+        let queue = no_queue(&error.agent, "plugin error");
         let mut s = AgentStatus::new(queue, None, Some(error.clone()));
         s.file = Some(error.file.display().to_string());
         s
+    }
+
+    /// A new agent whose first version is still compiling.
+    pub fn loading(agent: &str, version: &str) -> Self {
+        let mut s = AgentStatus::remote(no_queue(agent, &format!("loading {version}")));
+        s.queue_name = names::queue(agent);
+        s
+    }
+}
+
+/// The row of an agent that has no queue yet.
+fn no_queue(agent: &str, status: &str) -> QueueStats {
+    QueueStats {
+        queue: names::queue(agent),
+        routing_key: names::routing_key(agent),
+        dead_letter_queue: names::dead_letter_queue(agent),
+        agent: agent.to_string(),
+        message_count: 0,
+        consumer_count: 0,
+        unacked: 0,
+        delayed: 0,
+        dead_letter_count: 0,
+        status: status.into(),
     }
 }
 

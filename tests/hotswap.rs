@@ -273,6 +273,16 @@ async fn the_rollback_guard_swaps_back_a_version_that_rejects_everything() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+    // Ready: the previous version serves; the rollback is a problem listed,
+    // not a reason to take the host out of rotation (docs/operations.md).
+    let r = t.host.readiness();
+    assert!(r.ready, "{r:?}");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.contains("`echo` (still serving)")),
+        "{r:?}"
+    );
     // The old version serves again; what the bad one rejected is in the
     // dead-letter queue with its reason, nothing vanished.
     assert!(answered(&t, "echo").await.contains("ping"));
@@ -448,5 +458,55 @@ async fn replacing_an_agent_under_load_loses_nothing() {
             .rollbacks
             .load(std::sync::atomic::Ordering::Relaxed),
         0
+    );
+}
+
+/// A swap is visible before it is live: a `compiling` line at once, the
+/// agent shown as loading in status, and a replay waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_swap_is_visible_and_a_replay_waits_for_it() {
+    common::logs::capture("info");
+    let t = embedded(&["echo"]).await;
+    let _w = watched(&t);
+    let good = version_of(&t, "echo").unwrap();
+    std::fs::copy(guest("grumpy"), t.path().join("echo.wasm")).unwrap();
+    eventually("the new version is swapped in", || async {
+        version_of(&t, "echo").as_deref() != Some(good.as_str())
+    })
+    .await;
+    let bad = version_of(&t, "echo").unwrap();
+    let logs = common::logs::text();
+    assert!(
+        logs.contains(&format!(
+            "compiling echo (new version {bad}, version {good} keeps serving meanwhile)"
+        )),
+        "{logs}"
+    );
+    // While a version compiles, status says so.
+    let registry = t.host.registry().clone();
+    let loading = registry.start_loading("echo", "0123456789ab");
+    let echo = agent_status(&t, "echo").await.unwrap();
+    assert_eq!(echo.queue.status, "serving; loading 0123456789ab");
+    let brand_new = registry.start_loading("newcomer", "ba9876543210");
+    let status = t.host.status().await.unwrap();
+    let row = status
+        .agents
+        .iter()
+        .find(|a| a.queue.agent == "newcomer")
+        .unwrap();
+    assert_eq!(row.queue.status, "loading ba9876543210");
+    drop(brand_new);
+    // A replay (through the control socket) waits until the swap is done.
+    let waiter = {
+        let registry = registry.clone();
+        tokio::spawn(async move { registry.wait_loaded("echo", Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "waits while the swap is pending");
+    drop(loading);
+    assert!(waiter.await.unwrap(), "it waited, and ended with the swap");
+    assert_eq!(
+        agent_status(&t, "echo").await.unwrap().queue.status,
+        "running"
     );
 }

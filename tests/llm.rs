@@ -529,6 +529,16 @@ async fn the_python_and_js_llm_triage_behave_as_the_rust_one() {
                 reason.replace(&origin(&llm.base_url), "ORIGIN")
             ));
         }
+        // Every request says its length: nothing is sent chunked.
+        for r in llm.requests() {
+            assert!(
+                r.content_length.is_some() && r.transfer_encoding.is_none(),
+                "{}: content-length {:?}, transfer-encoding {:?}",
+                build.display(),
+                r.content_length,
+                r.transfer_encoding
+            );
+        }
         let requests: Vec<serde_json::Value> = llm
             .requests()
             .into_iter()

@@ -411,3 +411,71 @@ async fn the_demo_runs_with_languages_mixed() {
         t.host.shutdown().await;
     }
 }
+
+/// A guest's exception reaches people in its own language's words: the
+/// error and the line of the user's file first, no runtime noise; the whole
+/// stderr (the traceback) is kept as the detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_errors_read_as_the_language_wrote_them() {
+    let runtime = Runtime::new(runtime_config(InstanceMode::Reuse)).unwrap();
+    let m = |text: &str| message("conformance", text, json!({}), None);
+    let mut seen = Vec::new();
+    for lang in LANGUAGES {
+        let pool = pool(&runtime, &build(lang, "conformance")).await;
+        let mut commands = vec!["crash"];
+        if lang != "rust" {
+            commands.push("badreturn");
+        }
+        for cmd in commands {
+            let error = match pool.call(&m(cmd)).await {
+                Err(e) => e,
+                Ok(answer) => panic!("{lang} {cmd}: no guest error but {answer:?}"),
+            };
+            let text = error.to_string();
+            for noise in [
+                "unreachable",
+                "RUST_BACKTRACE",
+                "runtime/src",
+                "Value(Exception",
+            ] {
+                assert!(
+                    !text.contains(noise),
+                    "{lang} {cmd}: noise `{noise}` in {text}"
+                );
+            }
+            seen.push((lang, cmd, text, error.detail.unwrap_or_default()));
+        }
+    }
+    let find = |lang: &str, cmd: &str| {
+        seen.iter()
+            .find(|s| s.0 == lang && s.1 == cmd)
+            .map(|s| (s.2.clone(), s.3.clone()))
+            .unwrap()
+    };
+    let (python, traceback) = find("python", "crash");
+    assert!(
+        python.starts_with("KeyError: 'user' (app.py:") && python.ends_with(", in lookup)"),
+        "{python}"
+    );
+    assert!(
+        traceback.starts_with("Traceback (most recent call last):"),
+        "{traceback}"
+    );
+    let (js, _) = find("js", "crash");
+    assert!(
+        js.contains("of undefined (app.js:") && js.ends_with(", in lookup)"),
+        "{js}"
+    );
+    let (rust, _) = find("rust", "crash");
+    assert!(
+        rust.starts_with("panicked at src/lib.rs:") && rust.ends_with(": crash: conformance"),
+        "{rust}"
+    );
+    let (python, _) = find("python", "badreturn");
+    assert!(
+        python.contains("wrong type: expected list, got 'not a list'"),
+        "{python}"
+    );
+    let (js, _) = find("js", "badreturn");
+    assert!(js.contains("wrong type: expected array"), "{js}");
+}

@@ -84,9 +84,14 @@ export function postJson(url, headers, body) {
 export function send(method, url, headers, body = new Uint8Array(0)) {
   const bytes = typeof body === "string" ? utf8Encode(body) : body instanceof Uint8Array ? body : Uint8Array.from(body ?? []);
   const [scheme, authority, path] = split(url);
+  // The length is known: say it, rather than send the body chunked (some
+  // gateways refuse chunked requests).
+  const all = { ...(headers ?? {}) };
+  const framed = Object.keys(all).some((k) => ["content-length", "transfer-encoding"].includes(k.toLowerCase()));
+  if (bytes.length > 0 && !framed) all["content-length"] = String(bytes.length);
   let fields;
   try {
-    fields = http.Fields.fromList(Object.entries(headers ?? {}).map(([k, v]) => [k, utf8Encode(String(v))]));
+    fields = http.Fields.fromList(Object.entries(all).map(([k, v]) => [k, utf8Encode(String(v))]));
   } catch (e) {
     throw new HttpError(`bad header: ${camel(payloadOf(e)?.tag ?? "unknown")}`, { invalid: true });
   }

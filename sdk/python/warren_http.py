@@ -52,6 +52,11 @@ def post_json(url: str, headers: Dict[str, str], body: Any) -> Response:
 
 def send(method: str, url: str, headers: Dict[str, str], body: bytes = b"") -> Response:
     scheme, authority, path = _split(url)
+    # The length is known: say it, rather than send the body chunked (some
+    # gateways refuse chunked requests).
+    framed = {"content-length", "transfer-encoding"}
+    if body and not any(k.lower() in framed for k in headers):
+        headers = {**headers, "content-length": str(len(body))}
     try:
         fields = http.Fields.from_list([(k, v.encode()) for k, v in headers.items()])
     except Err as e:

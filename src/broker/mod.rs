@@ -146,6 +146,9 @@ pub const HEADER_AGENT_VERSION: &str = "x-warren-agent-version";
 /// Header: how many of the message's attempts ended in a guest trap (traps
 /// have their own budget, `trap_retries`, apart from `max_attempts`).
 pub const HEADER_TRAPS: &str = "x-warren-traps";
+/// What the guest wrote to stderr in the call that failed (a traceback),
+/// on retries and dead letters after a guest error.
+pub const HEADER_GUEST_TRACE: &str = "x-warren-guest-trace";
 /// Header on a dead letter that never reached its destination (an
 /// unroutable output): where it was going, as [`Route::tag`]. Replay sends
 /// it there, not back to the agent that produced it.

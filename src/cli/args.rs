@@ -47,6 +47,8 @@ pub struct RunArgs {
     pub host: HostArgs,
     #[command(flatten)]
     pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub queues: QueueArgs,
     /// Control socket through which `warren send` / `warren status` reach this host.
     #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
     pub control: PathBuf,
@@ -62,6 +64,8 @@ pub struct RunArgs {
 /// given, otherwise the control socket of a host running the embedded broker.
 #[derive(Args)]
 pub struct RemoteArgs {
+    /// Control socket of a host running the embedded broker (used when no
+    /// AMQP URL is given).
     #[arg(long, env = "WARREN_CONTROL", default_value_os_t = control::default_socket())]
     pub control: PathBuf,
     #[command(flatten)]
@@ -85,12 +89,6 @@ pub struct BrokerArgs {
     /// that exists is used as it is, whatever this says.
     #[arg(long, env = "WARREN_EXCHANGE_DURABLE", value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set)]
     pub exchange_durable: bool,
-    /// Unacknowledged deliveries per consumer.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
-    pub prefetch: u16,
-    /// Queue type of agent queues.
-    #[arg(long, value_enum, default_value_t = QueueType::Classic)]
-    pub queue_type: QueueType,
     /// Seconds to wait for a lost connection to recover before failing.
     #[arg(long, default_value_t = 120)]
     pub recovery_timeout: u64,
@@ -111,14 +109,23 @@ fn positive_secs(text: &str) -> Result<f64, String> {
     }
 }
 
+/// How `run` consumes and declares agent queues on RabbitMQ.
+#[derive(Args)]
+pub struct QueueArgs {
+    /// Unacknowledged deliveries per consumer.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+    /// Queue type of agent queues.
+    #[arg(long, value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
+}
+
 impl BrokerArgs {
     fn amqp_config(&self) -> Option<AmqpConfig> {
         let url = self.amqp_url.as_ref()?;
         Some(AmqpConfig {
             exchange: self.exchange.clone(),
             exchange_durable: self.exchange_durable,
-            prefetch: self.prefetch,
-            queue_type: self.queue_type,
             recovery_timeout: Duration::from_secs(self.recovery_timeout),
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             heartbeat: self.heartbeat,
@@ -135,9 +142,16 @@ impl BrokerArgs {
     }
 
     /// `run`: waits for the broker, saying so at every attempt.
-    pub async fn connect_waiting(&self) -> Result<Option<AmqpBroker>> {
+    pub async fn connect_waiting(&self, queues: &QueueArgs) -> Result<Option<AmqpBroker>> {
         match self.amqp_config() {
-            Some(config) => Ok(Some(AmqpBroker::connect_waiting(config).await?)),
+            Some(config) => Ok(Some(
+                AmqpBroker::connect_waiting(AmqpConfig {
+                    prefetch: queues.prefetch,
+                    queue_type: queues.queue_type,
+                    ..config
+                })
+                .await?,
+            )),
             None => Ok(None),
         }
     }

@@ -46,7 +46,7 @@ pub struct Cli {
 enum Command {
     /// Host every `*.wasm` agent in a plugins folder.
     Run(run::Run),
-    /// Send a user message to an agent (the seed's `client.run`).
+    /// Send a user message to an agent and, with --wait, print its answer.
     Send(send::Send),
     /// Show each agent's queue: message_count, consumer_count, routing_key, status.
     Status(status::StatusCmd),
@@ -84,8 +84,14 @@ fn init_logging(filter: Option<&str>, default: &str, format: LogFormat) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_string());
     let filter = warren::logging::env_filter(&filter);
+    // Colour only for a person at a terminal, and not for one who asked for
+    // none (https://no-color.org): a log file gets plain text.
+    use std::io::IsTerminal as _;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => logs.init(),

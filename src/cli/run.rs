@@ -8,7 +8,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::args::{BrokerArgs, HostArgs, RunArgs};
+use super::args::{BrokerArgs, HostArgs, QueueArgs, RunArgs};
 use warren::{Broker, Host, MemoryBroker, control};
 
 #[derive(Args)]
@@ -21,20 +21,21 @@ pub async fn run(Run { run }: Run) -> Result<()> {
     let RunArgs {
         host,
         broker,
+        queues,
         control,
         http,
         no_http,
     } = run;
-    run_host(host, broker, control, (!no_http).then_some(http)).await
+    run_host(host, (broker, queues), control, (!no_http).then_some(http)).await
 }
 
 async fn run_host(
     args: HostArgs,
-    broker: BrokerArgs,
+    (broker, queues): (BrokerArgs, QueueArgs),
     control_path: PathBuf,
     http: Option<std::net::SocketAddr>,
 ) -> Result<()> {
-    let amqp = broker.connect_waiting().await?;
+    let amqp = broker.connect_waiting(&queues).await?;
     let broker: Arc<dyn Broker> = match &amqp {
         Some(amqp) => Arc::new(amqp.clone()),
         None => {
@@ -46,6 +47,19 @@ async fn run_host(
     };
     info!("broker: {}", broker.describe());
     let host = Host::new(args.config(), broker)?;
+    // A port or socket another host holds is found before loading every
+    // agent (which can take seconds), not after.
+    if amqp.is_none() {
+        control::check_free(&control_path).await?;
+    }
+    let stop = CancellationToken::new();
+    let mut http_server = match http {
+        Some(addr) => {
+            let (_, serve) = warren::http::bind(host.clone(), addr, stop.clone()).await?;
+            tokio::spawn(serve)
+        }
+        None => tokio::spawn(async { std::future::pending::<Result<()>>().await }),
+    };
     let loaded = host.load_dir(&args.plugins).await?;
     info!(
         "hosting {} agents from {}: {}",
@@ -58,14 +72,6 @@ async fn run_host(
     } else {
         info!("watching {} for plugin changes", args.plugins.display());
         Some(warren::watch::watch(host.clone(), &args.plugins)?)
-    };
-    let stop = CancellationToken::new();
-    let mut http_server = match http {
-        Some(addr) => {
-            let (_, serve) = warren::http::bind(host.clone(), addr, stop.clone()).await?;
-            tokio::spawn(serve)
-        }
-        None => tokio::spawn(async { std::future::pending::<Result<()>>().await }),
     };
     // With RabbitMQ, `send` and `status` talk to the broker; the control socket
     // is only how they reach an embedded broker inside this process.

@@ -33,6 +33,21 @@ pub struct StatusCmd {
     /// consumers, version, last error) until Ctrl-C.
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
     watch: Option<f64>,
+    /// Wait up to SECONDS for a host that is starting: until it answers and
+    /// every agent has a version loaded and a consumer (for scripts, after
+    /// `warren run ... &`); exits non-zero if that does not happen in time.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "watch")]
+    wait_ready: Option<f64>,
+}
+
+/// Whether every agent of `status` is loaded (nothing still compiling) and consumed.
+fn all_ready(status: &Status) -> bool {
+    !status.agents.is_empty()
+        && status.agents.iter().all(|a| {
+            a.queue.consumer_count > 0
+                && !a.queue.status.contains("loading")
+                && (status.remote || a.version.is_some())
+        })
 }
 
 pub async fn run(c: StatusCmd) -> Result<()> {
@@ -44,6 +59,27 @@ pub async fn run(c: StatusCmd) -> Result<()> {
             None => control::status(&control).await,
         }
     };
+    if let Some(secs) = c.wait_ready {
+        let deadline =
+            std::time::Instant::now() + Duration::from_secs_f64(secs.clamp(0.0, 86_400.0));
+        let last = loop {
+            let status = fetch().await;
+            let done = matches!(&status, Ok(s) if all_ready(s));
+            if done || std::time::Instant::now() >= deadline {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if let Some(amqp) = &amqp {
+            amqp.close().await;
+        }
+        let status = last.map_err(|e| e.context(format!("no host ready within {secs} s")))?;
+        print!("{}", status.table());
+        if !all_ready(&status) {
+            anyhow::bail!("not every agent is loaded and consuming after {secs} s (see the table)");
+        }
+        return Ok(());
+    }
     if let Some(secs) = c.watch {
         let every = Duration::from_secs_f64(if secs.is_finite() {
             secs.clamp(0.2, 3600.0)

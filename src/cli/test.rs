@@ -12,7 +12,7 @@ use super::args::RuntimeArgs;
 pub struct Test {
     /// The component to test.
     plugin: PathBuf,
-    /// Input file of JSON lines (seed body format); `-` or absent reads stdin.
+    /// Input file of JSON lines (message bodies: `messages`, `context_variables`, ...); `-` or absent reads stdin.
     #[arg(long)]
     input: Option<PathBuf>,
     #[command(flatten)]
@@ -24,7 +24,17 @@ pub async fn run(c: Test) -> Result<()> {
         Some(p) if p.as_os_str() != "-" => Box::new(BufReader::new(
             std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?,
         )),
-        _ => Box::new(BufReader::new(std::io::stdin())),
+        _ => {
+            use std::io::IsTerminal as _;
+            if std::io::stdin().is_terminal() {
+                eprintln!(
+                    "warren test: reading message bodies from standard input, one JSON object per line, e.g.\n  \
+                     {{\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}],\"context_variables\":{{}}}}\n\
+                     (Ctrl-D ends; --input FILE reads a file)"
+                );
+            }
+            Box::new(BufReader::new(std::io::stdin()))
+        }
     };
     // The agent's section of the config file applies as in `warren run`.
     let agent = warren::names::from_path(&c.plugin)?;

@@ -7,6 +7,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod explain;
 pub mod limits;
 pub mod manifest;
 pub mod outbound;

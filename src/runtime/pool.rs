@@ -46,7 +46,12 @@ pub enum GuestErrorKind {
 #[derive(Debug, Clone)]
 pub struct GuestError {
     pub kind: GuestErrorKind,
+    /// What a person reads first: the guest's own error and where (see
+    /// [`super::explain`]), or which limit stopped it and the option that sets it.
     pub message: String,
+    /// Everything the guest wrote to stderr during the call (a full
+    /// traceback), if anything.
+    pub detail: Option<String>,
 }
 
 impl GuestErrorKind {
@@ -66,7 +71,8 @@ impl GuestErrorKind {
 impl std::fmt::Display for GuestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.kind {
-            GuestErrorKind::Trap => "trap",
+            // The message is the guest's own error (or the wasm trap itself).
+            GuestErrorKind::Trap => return f.write_str(&self.message),
             GuestErrorKind::Deadline => "deadline exceeded",
             GuestErrorKind::MemoryLimit => "memory limit hit",
             GuestErrorKind::StackOverflow => "stack overflow",
@@ -238,13 +244,13 @@ impl AgentPool {
             })
         });
         self.arm(&mut store)
-            .map_err(|e| classify(e, &store, GuestErrorKind::Instantiate))?;
+            .map_err(|e| classify(e, &store, &self.limits, GuestErrorKind::Instantiate))?;
         let agent = self
             .module
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| classify(e.into(), &store, GuestErrorKind::Instantiate))?;
+            .map_err(|e| classify(e.into(), &store, &self.limits, GuestErrorKind::Instantiate))?;
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         Ok(Instance { store, agent })
     }
@@ -287,10 +293,10 @@ impl AgentPool {
                 .inspect_err(|e| self.stats.count(e.kind))?,
         };
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        inst.store.data().take_last_stderr();
+        inst.store.data().take_stderr();
         inst.store.data().set_call(&msg.id, &msg.conversation_id);
         self.arm(&mut inst.store)
-            .map_err(|e| classify(e, &inst.store, GuestErrorKind::Trap))?;
+            .map_err(|e| classify(e, &inst.store, &self.limits, GuestErrorKind::Trap))?;
         let started = Instant::now();
         // The epoch callback interrupts guest code; a guest blocked inside a
         // host call (a WASI sleep or poll) runs no guest code, so a timer
@@ -307,9 +313,10 @@ impl AgentPool {
                     return Err(GuestError {
                         kind: GuestErrorKind::Deadline,
                         message: format!(
-                            "no answer within {:?} (the guest was blocked in a host call)",
-                            self.limits.deadline
+                            "{} (it was blocked in a host call)",
+                            deadline_text(&self.limits)
                         ),
+                        detail: super::explain::detail(&inst.store.data().take_stderr()),
                     });
                 }
             };
@@ -342,7 +349,7 @@ impl AgentPool {
             }
             // The instance is dropped here: after a trap its state is suspect.
             Err(e) => {
-                let error = classify(e.into(), &inst.store, GuestErrorKind::Trap);
+                let error = classify(e.into(), &inst.store, &self.limits, GuestErrorKind::Trap);
                 self.stats.count(error.kind);
                 Err(error)
             }
@@ -351,7 +358,12 @@ impl AgentPool {
 }
 
 /// Names the kind of a guest failure and gathers what explains it.
-fn classify(e: anyhow::Error, store: &Store<AgentState>, default: GuestErrorKind) -> GuestError {
+fn classify(
+    e: anyhow::Error,
+    store: &Store<AgentState>,
+    limits: &AgentLimits,
+    default: GuestErrorKind,
+) -> GuestError {
     let kind = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => GuestErrorKind::Deadline,
         Some(wasmtime::Trap::StackOverflow) => GuestErrorKind::StackOverflow,
@@ -367,9 +379,29 @@ fn classify(e: anyhow::Error, store: &Store<AgentState>, default: GuestErrorKind
     // The root cause reads best; the backtrace (wasm frames) goes to the log.
     let root = e.root_cause().to_string();
     tracing::debug!("guest error detail: {e:?}");
-    let message = match store.data().take_last_stderr() {
-        Some(stderr) => format!("{root} (guest stderr: {stderr})"),
-        None => root,
+    let stderr = store.data().take_stderr();
+    let message = match kind {
+        GuestErrorKind::Deadline => deadline_text(limits),
+        GuestErrorKind::MemoryLimit => format!(
+            "{root} (the agent's limit: {} MiB, set by --max-memory-mb or `max_memory_mb` for the agent)",
+            limits.max_memory >> 20
+        ),
+        GuestErrorKind::Fuel => {
+            format!("{root} (set by --fuel or `fuel` for the agent)")
+        }
+        _ => super::explain::explain(&root, &stderr),
     };
-    GuestError { kind, message }
+    GuestError {
+        kind,
+        message,
+        detail: super::explain::detail(&stderr),
+    }
+}
+
+/// A deadline that passed, with the option that sets it.
+fn deadline_text(limits: &AgentLimits) -> String {
+    format!(
+        "no answer within {} ms (the agent's deadline, set by --deadline-ms or `deadline_ms` for the agent)",
+        limits.deadline.as_millis()
+    )
 }

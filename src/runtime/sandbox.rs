@@ -29,8 +29,9 @@ use super::settings::AgentSettings;
 /// Longest captured output line; longer lines are cut (a guest must not be
 /// able to make the host buffer without bound).
 const MAX_LINE: usize = 4096;
-/// Stderr lines kept to explain a trap.
-const LAST_LINES: usize = 3;
+/// Stderr lines of one call kept to explain a trap (a Python traceback
+/// fits; the oldest go first).
+const KEPT_LINES: usize = 64;
 /// Guest log lines (stdout, stderr and `log` together) per second; a burst of
 /// twice that is allowed. Beyond it lines are dropped and counted, so a
 /// chatty or hostile guest cannot flood the host's log.
@@ -182,12 +183,10 @@ impl AgentState {
         call.1.push_str(conversation);
     }
 
-    /// Takes the last lines the guest wrote to stderr, if any, joined by ` / `.
-    pub fn take_last_stderr(&self) -> Option<String> {
-        let mut last = self.last_stderr.lock().unwrap_or_else(|p| p.into_inner());
-        let text = last.join(" / ");
-        last.clear();
-        (!text.is_empty()).then_some(text)
+    /// Takes the lines the guest wrote to stderr since the last take (at
+    /// most the last `KEPT_LINES`).
+    pub fn take_stderr(&self) -> Vec<String> {
+        std::mem::take(&mut *self.last_stderr.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -314,11 +313,9 @@ impl LineLogger {
             let (id, conversation) = (&call.0, &call.1);
             tracing::info!(target: "warren::guest", agent, id, conversation, stream, "{text}")
         });
-        if let Some(last) = &self.out.last
-            && !text.starts_with("note: run with `RUST_BACKTRACE")
-        {
+        if let Some(last) = &self.out.last {
             let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.len() == LAST_LINES {
+            if last.len() == KEPT_LINES {
                 last.remove(0);
             }
             last.push(text.to_string());

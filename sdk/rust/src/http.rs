@@ -89,10 +89,16 @@ pub fn send(
     body: &[u8],
 ) -> Result<Response, HttpError> {
     let (scheme, authority, path) = split(url)?;
-    let fields: Vec<(String, Vec<u8>)> = headers
+    let mut fields: Vec<(String, Vec<u8>)> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
+    // The length is known: say it, rather than send the body chunked (some
+    // gateways refuse chunked requests).
+    let framed = |k: &str| k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding");
+    if !body.is_empty() && !headers.iter().any(|(k, _)| framed(k)) {
+        fields.push(("content-length".into(), body.len().to_string().into_bytes()));
+    }
     let fields =
         Fields::from_list(&fields).map_err(|e| HttpError::Invalid(format!("bad header: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
