@@ -45,6 +45,9 @@ pub struct Entry {
     pub first_failure: Option<String>,
     pub sender: Option<String>,
     pub body: String,
+    /// What the guest wrote to stderr when it failed (a traceback), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_trace: Option<String>,
 }
 
 impl From<&DeadLetter> for Entry {
@@ -60,6 +63,7 @@ impl From<&DeadLetter> for Entry {
             }),
             sender: e.sender.clone(),
             body: String::from_utf8_lossy(&e.body).into_owned(),
+            guest_trace: e.headers.get(crate::broker::HEADER_GUEST_TRACE).cloned(),
         }
     }
 }
@@ -206,6 +210,9 @@ impl Answer {
                         e.first_failure.as_deref().unwrap_or("-")
                     );
                     let _ = writeln!(out, "reason:        {}", e.reason);
+                    if let Some(trace) = &e.guest_trace {
+                        let _ = writeln!(out, "guest stderr:\n{trace}");
+                    }
                     let _ = writeln!(out, "body:\n{body}\n");
                 }
             }

@@ -89,19 +89,21 @@ fn run_waits_for_its_broker_and_says_so() {
     cluster(&["stop", "3"]);
     let url = "amqp://guest:guest@127.0.0.1:5703/%2f";
     let dir = plugins_dir(&["echo"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["run", "--no-http", "--no-watch", "--amqp-url", url])
-        .arg("--plugins")
-        .arg(dir.path())
-        .env_remove("RUST_LOG")
-        .env("WARREN_CACHE_DIR", cache_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running::new(
+        Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["run", "--no-http", "--no-watch", "--amqp-url", url])
+            .arg("--plugins")
+            .arg(dir.path())
+            .env_remove("RUST_LOG")
+            .env("WARREN_CACHE_DIR", cache_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let log = Arc::new(Mutex::new(String::new()));
     {
-        let (stderr, log) = (child.stderr.take().unwrap(), log.clone());
+        let (stderr, log) = (child.child().stderr.take().unwrap(), log.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut l = log.lock().unwrap();
@@ -143,5 +145,5 @@ fn run_waits_for_its_broker_and_says_so() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
-    terminate(child);
+    child.stop();
 }

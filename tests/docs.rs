@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,7 +42,13 @@ fn sh_blocks(page: &Path) -> Vec<String> {
 fn run_as_written(what: &str, lines: Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let warren = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
-    let mut script = String::from("set -euo pipefail\n");
+    // Job control on, as at a terminal: a background job gets its own
+    // process group, which `kill %1` stops whole.
+    // Whatever the page leaves running in the background is stopped when
+    // the script ends, however it ends.
+    let mut script = String::from(
+        "set -euo pipefail -m\ntrap 'for j in $(jobs -p); do kill -- -$j 2>/dev/null || true; done' EXIT\n",
+    );
     for line in lines {
         // warren itself is the one this test was built with.
         if line.starts_with("cargo build && export PATH=") {
@@ -50,17 +57,21 @@ fn run_as_written(what: &str, lines: Vec<String>) {
         script.push_str(&line);
         script.push('\n');
     }
-    // Whatever the page left running in the background.
-    script.push_str("kill $(jobs -p) 2>/dev/null || true\n");
     let path = format!(
         "{}:{}",
         warren.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = Command::new("bash")
+    // Output to files, not pipes: a straggler holding a pipe open would keep
+    // this test waiting; stragglers are stopped with the script's group.
+    let (stdout_file, stderr_file) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new("bash")
         .arg("-c")
         .arg(&script)
         .current_dir(dir.path())
+        .stdout(std::fs::File::create(&stdout_file).unwrap())
+        .stderr(std::fs::File::create(&stderr_file).unwrap())
+        .process_group(0)
         .env("PATH", path)
         .env("WARREN_CONTROL", dir.path().join("control.sock"))
         .env("WARREN_HTTP", "127.0.0.1:0")
@@ -68,12 +79,17 @@ fn run_as_written(what: &str, lines: Vec<String>) {
         // The page's `cargo build` writes to the project's own target/.
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUST_LOG")
-        .output()
+        .spawn()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = child.wait().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", child.id())])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let stdout = std::fs::read_to_string(&stdout_file).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
     assert!(
-        out.status.success(),
+        status.success(),
         "{what} does not run as written:\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
     // The conversation at the end of every walkthrough answered.

@@ -261,6 +261,9 @@ async fn trap_is_dead_lettered_and_host_keeps_serving() {
     let dead = t.broker.dead_letters("chaos").await.unwrap();
     let trace = &dead[0].envelope.headers["x-warren-guest-trace"];
     assert!(trace.contains("chaos was told to trap"), "{trace}");
+    // ... and `warren dlq show` shows it.
+    let entry = warren::dlq::Entry::from(&dead[0]);
+    assert_eq!(entry.guest_trace.as_deref(), Some(trace.as_str()));
 
     // The same agent and its neighbour still answer.
     let r = client::send(

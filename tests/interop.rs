@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::rabbit::Vhost;
@@ -73,7 +73,7 @@ fn warren(vh: &Vhost, durable: bool) -> Command {
 }
 
 /// `warren run` with agent_a and agent_b; its log goes to `log`.
-fn start_warren(vh: &Vhost, durable: bool, log: &std::path::Path) -> (Child, tempfile::TempDir) {
+fn start_warren(vh: &Vhost, durable: bool, log: &std::path::Path) -> (Running, tempfile::TempDir) {
     let dir = plugins_dir(&["agent_a", "agent_b"]);
     let child = warren(vh, durable)
         .args(["run", "--no-http", "--no-watch", "--plugins"])
@@ -82,6 +82,7 @@ fn start_warren(vh: &Vhost, durable: bool, log: &std::path::Path) -> (Child, tem
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
+    let child = Running::new(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = warren(vh, durable)
@@ -187,10 +188,13 @@ async fn warren_first_then_the_original_client() {
     assert_eq!(answers(&vh, RUNS).await, expected_users());
     assert_no_dead_letters(&vh);
     let mut child = child;
-    assert!(child.try_wait().unwrap().is_none(), "warren is still up");
+    assert!(
+        child.child().try_wait().unwrap().is_none(),
+        "warren is still up"
+    );
     // A second client connecting later declares the exchange again: fine.
     client(&vh, &["setup"]);
-    let out = terminate(child);
+    let out = child.stop();
     assert!(out.status.success());
     let log = std::fs::read_to_string(log.path()).unwrap();
     assert!(!log.contains("ERROR"), "{log}");
@@ -242,6 +246,9 @@ async fn the_original_client_first_then_warren_with_its_defaults() {
     }
 
     let mut child = child;
-    assert!(child.try_wait().unwrap().is_none(), "warren is still up");
-    terminate(child);
+    assert!(
+        child.child().try_wait().unwrap().is_none(),
+        "warren is still up"
+    );
+    child.stop();
 }

@@ -168,7 +168,9 @@ fn rust_panic(lines: &[String]) -> Option<String> {
     // is about what the guest handed it, not a line of the user's code.
     if place.contains("runtime/src/") && !message.is_empty() {
         return Some(if message.starts_with("expected ") {
-            format!("returned a value of the wrong type: {message} (see the types in wit/agent.wit)")
+            format!(
+                "returned a value of the wrong type: {message} (see the types in wit/agent.wit)"
+            )
         } else {
             message
         });

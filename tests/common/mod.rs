@@ -147,6 +147,33 @@ impl TestHost {
     }
 }
 
+/// A `warren run` child, killed if the test ends without stopping it.
+pub struct Running(Option<std::process::Child>);
+
+impl Running {
+    pub fn new(child: std::process::Child) -> Self {
+        Running(Some(child))
+    }
+
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("running")
+    }
+
+    /// Stops it gracefully (SIGTERM), as an operator would.
+    pub fn stop(mut self) -> std::process::Output {
+        terminate(self.0.take().expect("running"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Stops a `warren run` child with SIGTERM (graceful shutdown) and returns
 /// its output; asserts that it exited successfully.
 pub fn terminate(child: std::process::Child) -> std::process::Output {
