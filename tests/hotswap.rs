@@ -311,6 +311,15 @@ async fn the_rollback_guard_swaps_back_a_version_that_rejects_everything() {
     std::fs::copy(guest("grumpy"), t.path().join("echo.wasm")).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(version_of(&t, "echo").as_deref(), Some(good.as_str()));
+    // The bad version's last error is shown until a newer version serves.
+    assert!(agent_status(&t, "echo").await.unwrap().last_error.is_some());
+    std::fs::copy(guest("chaos"), t.path().join("echo.wasm")).unwrap();
+    eventually("a third version serves", || async {
+        ![Some(good.as_str()), Some(bad.as_str())].contains(&version_of(&t, "echo").as_deref())
+    })
+    .await;
+    let echo = agent_status(&t, "echo").await.unwrap();
+    assert_eq!(echo.last_error, None, "{echo:?}");
 }
 
 /// Under a steady load through RabbitMQ, the agent's file is replaced ten
