@@ -72,6 +72,11 @@ pub struct Readiness {
     pub ready: bool,
     pub broker: String,
     pub broker_connected: bool,
+    /// The cluster node the host is on, and how many times it moved.
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub failovers: u64,
     /// Agents loaded and consuming.
     pub agents: Vec<String>,
     /// What keeps the host from being ready.
@@ -176,6 +181,8 @@ impl Host {
             ready,
             broker: self.broker.describe(),
             broker_connected,
+            node: self.broker.node(),
+            failovers: self.broker.failovers(),
             agents,
             problems,
         }
@@ -496,6 +503,8 @@ impl Host {
         }
         Ok(Status {
             broker: self.broker.describe(),
+            node: self.broker.node(),
+            failovers: self.broker.failovers(),
             agents,
             remote: false,
             unclaimed_replies: self.broker.unclaimed_replies(),

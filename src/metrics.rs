@@ -66,6 +66,7 @@ pub struct Metrics {
     http_denied: Family<VersionLabels, Counter>,
     connected: Gauge,
     reconnects: Counter,
+    failovers: Counter,
     loads: Counter,
     swaps: Counter,
     rollbacks: Counter,
@@ -124,6 +125,7 @@ impl Metrics {
             http_denied: Family::default(),
             connected: Gauge::default(),
             reconnects: Counter::default(),
+            failovers: Counter::default(),
             loads: Counter::default(),
             swaps: Counter::default(),
             rollbacks: Counter::default(),
@@ -194,6 +196,11 @@ impl Metrics {
             m.connected.clone(),
         );
         r.register(
+            "broker_failovers",
+            "Times the connection moved to another node of the cluster",
+            m.failovers.clone(),
+        );
+        r.register(
             "broker_recoveries",
             "Times a publish or consumer waited out a connection recovery",
             m.reconnects.clone(),
@@ -255,6 +262,7 @@ impl Metrics {
     ) -> String {
         self.connected.set(i64::from(broker.connected()));
         catch_up(&self.reconnects, broker.reconnects());
+        catch_up(&self.failovers, broker.failovers());
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         catch_up(&self.loads, get(&plugins.loads));
         catch_up(&self.swaps, get(&plugins.swaps));

@@ -16,6 +16,12 @@ use crate::runtime::AgentPool;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub broker: String,
+    /// The cluster node the connection is on (RabbitMQ), and how many
+    /// times it moved to another node.
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub failovers: u64,
     pub agents: Vec<AgentStatus>,
     /// Read from the broker by a process that hosts none of the agents:
     /// versions, calls and errors are known only to the hosts running them.
@@ -257,6 +263,13 @@ impl Status {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "broker: {}", self.broker);
+        if self.failovers > 0 {
+            let _ = writeln!(
+                out,
+                "failovers: {} (moved to another node of the cluster)",
+                self.failovers
+            );
+        }
         let header = [
             "queue",
             "routing_key",

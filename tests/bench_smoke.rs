@@ -11,6 +11,8 @@ use common::*;
 #[test]
 fn quick_benchmark_prints_every_table() {
     let vh = Vhost::new();
+    // A host already holds the default HTTP port: the benchmark does not need it.
+    let _taken = std::net::TcpListener::bind("127.0.0.1:9464");
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
         .current_dir(root())
         .env("WARREN_CACHE_DIR", cache_dir())

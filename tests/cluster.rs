@@ -13,6 +13,9 @@ use warren::dispatch::{DispatchConfig, Event};
 use warren::runtime::InstanceMode;
 use warren::{Broker, client};
 
+/// The tests stop and start nodes: never two at once.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn cluster(args: &[&str]) {
     let out = Command::new(root().join("scripts/rabbitmq-cluster.sh"))
         .args(args)
@@ -79,6 +82,7 @@ fn leader(node: u32, vhost: &str, queue: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_waiting_in_quorum_delay_queues_survive_the_loss_of_the_agent_queues_leader() {
+    let _serial = SERIAL.lock().await;
     cluster(&["up"]);
     let vhost = format!("warren-cluster-{}", &warren::dispatch::new_id()[2..12]);
     ctl(1, &["add_vhost", &vhost]);
@@ -150,4 +154,85 @@ async fn retries_waiting_in_quorum_delay_queues_survive_the_loss_of_the_agent_qu
     cluster(&["start", &stopped.to_string()]);
     t.host.shutdown().await;
     ctl(home, &["delete_vhost", &vhost]);
+}
+
+/// A host given every node moves to another when its node is lost: the
+/// conversations sent before and after all get their answers, and status
+/// and /metrics say which node it is on and that it failed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_given_several_nodes_fails_over_when_its_node_is_lost() {
+    let _serial = SERIAL.lock().await;
+    cluster(&["up"]);
+    let vhost = format!("warren-failover-{}", &warren::dispatch::new_id()[2..12]);
+    ctl(1, &["add_vhost", &vhost]);
+    ctl(
+        1,
+        &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"],
+    );
+    let url = |n: u32| format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", 5700 + n);
+    // The host prefers node 1, then 2, then 3; the user's side is on node 3.
+    let host_broker = AmqpBroker::connect(AmqpConfig {
+        queue_type: QueueType::Quorum,
+        more_urls: vec![url(2), url(3)],
+        ..AmqpConfig::new(url(1))
+    })
+    .await
+    .unwrap();
+    assert_eq!(host_broker.node().as_deref(), Some("127.0.0.1:5701"));
+    let host_broker: Arc<dyn Broker> = Arc::new(host_broker);
+    let t = start_on(
+        host_broker.clone(),
+        plugins_dir(&["echo"]),
+        runtime_config(InstanceMode::Reuse),
+        fast_dispatch(),
+    )
+    .await;
+    let user: Arc<dyn Broker> = Arc::new(
+        AmqpBroker::connect(AmqpConfig {
+            queue_type: QueueType::Quorum,
+            ..AmqpConfig::new(url(3))
+        })
+        .await
+        .unwrap(),
+    );
+    let ask = |i: usize| {
+        let user = user.clone();
+        tokio::spawn(async move {
+            client::send(
+                user.as_ref(),
+                "echo",
+                &format!("message {i}"),
+                Default::default(),
+                Some(Duration::from_secs(120)),
+            )
+            .await
+        })
+    };
+    let mut waiting: Vec<_> = (0..20).map(ask).collect();
+    cluster(&["stop", "1"]);
+    waiting.extend((20..40).map(ask));
+    for (i, w) in waiting.into_iter().enumerate() {
+        let outcome = w
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("message {i} after the node was lost: {e:#}"));
+        assert_eq!(outcome.reply.unwrap().text, format!("message {i}"));
+    }
+    assert!(host_broker.failovers() >= 1);
+    assert_ne!(host_broker.node().as_deref(), Some("127.0.0.1:5701"));
+    let status = t.host.status().await.unwrap();
+    assert!(
+        status.broker.contains("on node 127.0.0.1:570"),
+        "{}",
+        status.broker
+    );
+    assert!(status.failovers >= 1);
+    let readiness = t.host.readiness();
+    assert!(
+        readiness.broker_connected && readiness.failovers >= 1 && readiness.node.is_some(),
+        "{readiness:?}"
+    );
+    cluster(&["start", "1"]);
+    t.host.shutdown().await;
+    ctl(2, &["delete_vhost", &vhost]);
 }

@@ -90,12 +90,7 @@ fn logs_to_a_file_are_plain_and_the_demo_shows_every_hop() {
         .env_remove("NO_COLOR")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = succeeded(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains('\x1b'),
@@ -143,26 +138,18 @@ fn a_taken_port_is_found_before_loading_and_wait_ready_waits() {
     let out = warren(&["status", "--wait-ready", "1"]).output().unwrap();
     assert!(!out.status.success());
     // A host starting meanwhile: --wait-ready returns once it serves.
-    let mut host = warren(&["run", "--plugins", "plugins", "--http", "127.0.0.1:0"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = warren(&["status", "--wait-ready", "30"]).output().unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let host = Running::new(
+        warren(&["run", "--plugins", "plugins", "--http", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
     );
+    let table = succeeded(&warren(&["status", "--wait-ready", "30"]).output().unwrap());
     assert!(table.contains("agent_agent_a_queue"), "{table}");
-    let out = warren(&["send", "echo", "ping", "--wait"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        &warren(&["send", "echo", "ping", "--wait"])
+            .output()
+            .unwrap(),
     );
-    let _ = host.kill();
-    let _ = host.wait();
+    host.stop();
 }

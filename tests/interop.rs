@@ -72,6 +72,18 @@ fn warren(vh: &Vhost, durable: bool) -> Command {
     c
 }
 
+/// `warren status --debug-queues` for agent_a and agent_b, if it answers.
+fn debug_queues(vh: &Vhost, durable: bool) -> Option<Value> {
+    let out = warren(vh, durable)
+        .args(["status", "--debug-queues", "--plugins", "/nonexistent"])
+        .args(["--agent", "agent_a", "--agent", "agent_b"])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
 /// `warren run` with agent_a and agent_b; its log goes to `log`.
 fn start_warren(vh: &Vhost, durable: bool, log: &std::path::Path) -> (Running, tempfile::TempDir) {
     let dir = plugins_dir(&["agent_a", "agent_b"]);
@@ -85,26 +97,11 @@ fn start_warren(vh: &Vhost, durable: bool, log: &std::path::Path) -> (Running, t
     let child = Running::new(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = warren(vh, durable)
-            .args([
-                "status",
-                "--debug-queues",
-                "--agent",
-                "agent_a",
-                "--agent",
-                "agent_b",
-                "--plugins",
-                "/nonexistent",
-            ])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            let q: Value = serde_json::from_slice(&out.stdout).unwrap();
-            if q["agent_a"]["consumer_count"].as_u64() > Some(0)
-                && q["agent_b"]["consumer_count"].as_u64() > Some(0)
-            {
-                break;
-            }
+        if let Some(q) = debug_queues(vh, durable)
+            && q["agent_a"]["consumer_count"].as_u64() > Some(0)
+            && q["agent_b"]["consumer_count"].as_u64() > Some(0)
+        {
+            break;
         }
         assert!(
             Instant::now() < deadline,
@@ -222,20 +219,7 @@ async fn the_original_client_first_then_warren_with_its_defaults() {
 
     // `warren status --debug-queues` reads like the client's debug_queues().
     let theirs: Value = serde_json::from_str(&client(&vh, &["debug"])).unwrap();
-    let out = warren(&vh, true)
-        .args([
-            "status",
-            "--debug-queues",
-            "--agent",
-            "agent_a",
-            "--agent",
-            "agent_b",
-            "--plugins",
-            "/nonexistent",
-        ])
-        .output()
-        .unwrap();
-    let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = debug_queues(&vh, true).expect("warren status answers");
     for (name, agent) in [("Agent A", "agent_a"), ("Agent B", "agent_b")] {
         let (t, o) = (&theirs[name], &ours[agent]);
         let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();

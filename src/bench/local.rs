@@ -234,7 +234,10 @@ async fn start_host(
         .arg(cache)
         .arg("--control")
         .arg(&sock)
+        // Not the default port: a host may be running beside the benchmark.
+        .args(["--http", "127.0.0.1:0"])
         .env_remove("WARREN_AMQP_URL")
+        .env_remove("WARREN_HTTP")
         .spawn()
         .with_context(|| format!("starting {}", config.warren_exe.display()))?;
     let result = async {

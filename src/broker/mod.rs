@@ -382,6 +382,17 @@ pub trait Broker: Send + Sync + 'static {
         0
     }
 
+    /// The node of a cluster the connection is on (`host:port`), if the
+    /// broker has nodes.
+    fn node(&self) -> Option<String> {
+        None
+    }
+
+    /// How many times the connection moved to another node of the cluster.
+    fn failovers(&self) -> u64 {
+        0
+    }
+
     /// The queue of replies nobody waits for, where the broker bounds it.
     fn unclaimed_replies(&self) -> Option<UnclaimedReplies> {
         None

@@ -77,8 +77,15 @@ pub struct BrokerArgs {
     /// RabbitMQ URL (amqp:// or amqps://, e.g. amqp://guest:guest@127.0.0.1:5672/%2f).
     /// Without it, `run` uses the embedded broker and `send` / `status` reach
     /// the running host through its control socket.
-    #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true)]
-    pub amqp_url: Option<String>,
+    /// Repeat it (or give a comma-separated list) for the nodes of a
+    /// cluster: tried in order; the host moves to the next when its node is lost.
+    #[arg(
+        long,
+        env = "WARREN_AMQP_URL",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub amqp_url: Vec<String>,
     /// The topic exchange agents' queues are bound to.
     #[arg(long, env = "WARREN_EXCHANGE", default_value = "agent_exchange")]
     pub exchange: String,
@@ -122,8 +129,9 @@ pub struct QueueArgs {
 
 impl BrokerArgs {
     fn amqp_config(&self) -> Option<AmqpConfig> {
-        let url = self.amqp_url.as_ref()?;
+        let (url, more) = self.amqp_url.split_first()?;
         Some(AmqpConfig {
+            more_urls: more.to_vec(),
             exchange: self.exchange.clone(),
             exchange_durable: self.exchange_durable,
             recovery_timeout: Duration::from_secs(self.recovery_timeout),

@@ -142,6 +142,8 @@ async fn amqp_status(amqp: &AmqpBroker, plugins: &Path, agents: &[String]) -> Re
     amqp.watch_agents(names_seen);
     Ok(Status {
         broker: amqp.describe(),
+        node: amqp.node(),
+        failovers: amqp.failovers(),
         agents: amqp
             .stats()
             .await?

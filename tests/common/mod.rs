@@ -189,6 +189,17 @@ pub fn terminate(child: std::process::Child) -> std::process::Output {
     out
 }
 
+/// The stdout of a command that must have succeeded (else its stderr, as the panic).
+pub fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `warren test PLUGIN` with `input` on its standard input.
 pub fn warren_test_stdin(plugin: &Path, input: &[u8]) -> std::process::Output {
     use std::io::Write as _;

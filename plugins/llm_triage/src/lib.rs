@@ -22,9 +22,9 @@
 //! ```
 
 use serde_json::{json, Value};
-use warren_agent::http::{self, HttpError};
+use warren_agent::http;
 use warren_agent::{
-    config, info, reject, retry, Agent, Answer, Failure, Message, MessageExt, OutgoingExt,
+    config, info, reject, Agent, Answer, Failure, Message, MessageExt, OutgoingExt,
 };
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -68,7 +68,7 @@ impl Agent for LlmTriage {
 
 /// What the operator configured for this agent.
 struct Settings {
-    url: String,
+    base_url: String,
     model: String,
     api_key: Option<String>,
     agents: Vec<String>,
@@ -87,7 +87,7 @@ impl Settings {
             .filter(|a| !a.is_empty())
             .collect();
         Ok(Settings {
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            base_url: base,
             model,
             api_key: config("api_key"),
             agents,
@@ -95,29 +95,9 @@ impl Settings {
         })
     }
 
-    /// Asks the model. A refused origin or a bad key will not get better by
-    /// retrying (reject); a busy or failing endpoint might (retry).
+    /// Asks the model (see `http::chat_completion` for what is retried).
     fn complete(&self, request: &Value) -> Result<Value, Failure> {
-        let headers: Vec<(&str, String)> = self
-            .api_key
-            .iter()
-            .map(|k| ("authorization", format!("Bearer {k}")))
-            .collect();
-        let resp =
-            http::post_json(&self.url, &headers, request).map_err(HttpError::into_failure)?;
-        let status = resp.status;
-        let why = || {
-            let body = resp.json().unwrap_or_default();
-            let message = body["error"]["message"]
-                .as_str()
-                .unwrap_or("no error message");
-            format!("the model endpoint answered {status}: {message}")
-        };
-        match status {
-            200..=299 => resp.json().map_err(|e| retry(e.to_string())),
-            408 | 429 | 500..=599 => Err(retry(why())),
-            _ => Err(reject(why())),
-        }
+        http::chat_completion(&self.base_url, self.api_key.as_deref(), request)
     }
 }
 

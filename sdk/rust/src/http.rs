@@ -70,6 +70,37 @@ impl HttpError {
     }
 }
 
+/// Asks an OpenAI-compatible chat-completions endpoint
+/// (`{base_url}/chat/completions`, the key as a bearer token if given) and
+/// returns the completion. A refusal (a bad history, a bad key, an origin
+/// not granted) will not get better by retrying: reject; a busy or failing
+/// endpoint might: retry.
+pub fn chat_completion(
+    base_url: &str,
+    api_key: Option<&str>,
+    request: &serde_json::Value,
+) -> Result<serde_json::Value, Failure> {
+    let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+    let headers: Vec<(&str, String)> = api_key
+        .iter()
+        .map(|k| ("authorization", format!("Bearer {k}")))
+        .collect();
+    let resp = post_json(&url, &headers, request).map_err(HttpError::into_failure)?;
+    let status = resp.status;
+    let why = || {
+        let body = resp.json().unwrap_or_default();
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("no error message");
+        format!("the model endpoint answered {status}: {message}")
+    };
+    match status {
+        200..=299 => resp.json().map_err(|e| retry(e.to_string())),
+        408 | 429 | 500..=599 => Err(retry(why())),
+        _ => Err(reject(why())),
+    }
+}
+
 /// `POST url` with a JSON body (`content-type: application/json` is added).
 pub fn post_json(
     url: &str,

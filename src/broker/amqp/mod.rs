@@ -19,13 +19,15 @@
 //! duplicates, never loses.
 //!
 //! Recovery is lapin's own (`enable_auto_recover`): the connection, channels,
-//! QoS, confirm mode, declarations and consumers are replayed. Publishes and
+//! QoS, confirm mode, declarations and consumers are replayed — on another
+//! node of the cluster when the one it was on is gone (see `nodes`). Publishes and
 //! consumers that fail meanwhile wait for the recovery (bounded by
 //! `recovery_timeout`) and carry on; a publish is re-sent with the same id.
 //!
 //! ## Modules
 //!
 //! - `url` — the URL and its redaction in every line we print;
+//! - `nodes` — several URLs (a cluster's nodes) and failing over between them;
 //! - `topology` — queues, delay queues, bindings, queue counts;
 //! - `publish` — confirmed, `mandatory` publishing that rides out a recovery;
 //! - `headers` — an [`Envelope`] to AMQP properties and back;
@@ -37,6 +39,7 @@
 mod consume;
 mod dead_letters;
 mod headers;
+mod nodes;
 mod publish;
 mod topology;
 mod unroutable;
@@ -51,7 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use async_trait::async_trait;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
@@ -63,6 +66,7 @@ use tracing::{debug, info, warn};
 
 use self::consume::AmqpConsumer;
 use self::headers::Extra;
+use self::nodes::Nodes;
 use self::url::scrub;
 use super::{Broker, Consumer, DeadLetter, Envelope, QueueStats, Replayed, Route};
 use crate::names;
@@ -82,6 +86,9 @@ pub enum QueueType {
 pub struct AmqpConfig {
     /// `amqp://` or `amqps://` URL, credentials included.
     pub url: String,
+    /// More nodes of the same cluster (their host and port are used; the
+    /// rest comes from `url`), tried in order after `url`'s (see `nodes`).
+    pub more_urls: Vec<String>,
     /// The topic exchange agents are bound to.
     pub exchange: String,
     /// How the exchange is declared when it is missing: durable, with
@@ -111,6 +118,7 @@ impl AmqpConfig {
     pub fn new(url: impl Into<String>) -> Self {
         AmqpConfig {
             url: url.into(),
+            more_urls: Vec::new(),
             exchange: "agent_exchange".into(),
             exchange_durable: true,
             prefetch: 8,
@@ -167,6 +175,8 @@ pub struct AmqpBroker {
 struct Inner {
     config: AmqpConfig,
     redacted: String,
+    /// The cluster's nodes, and which one the connection is on.
+    nodes: Arc<Nodes>,
     connection: Connection,
     /// Confirm-mode channel shared by every publish (lapin pipelines them).
     publish: Channel,
@@ -196,40 +206,72 @@ impl AmqpBroker {
     /// failed connection is an error, at once), declares the exchanges and
     /// opens the publishing channel in confirm mode.
     pub async fn connect(config: AmqpConfig) -> Result<Self> {
-        let redacted = redact(&config.url);
-        let mut uri: lapin::uri::AMQPUri = config.url.parse().map_err(|e: String| {
-            anyhow!("invalid AMQP URL {redacted}: {}", scrub(&e, &config.url))
-        })?;
+        let mut urls = vec![config.url.clone()];
+        urls.extend(config.more_urls.iter().cloned());
+        let (mut uri, nodes) = Nodes::parse(&urls)?;
+        let nodes = Arc::new(nodes);
+        let redacted = match nodes.len() {
+            1 => redact(&config.url),
+            n => format!(
+                "{} ({n} nodes: {})",
+                redact(&config.url),
+                nodes.addrs().collect::<Vec<_>>().join(", ")
+            ),
+        };
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(config.heartbeat);
         }
         // lapin retries a failed TCP connection itself, silently, with the
-        // same backoff as its recovery: reach the port first, so that a
+        // same backoff as its recovery: reach a node's port first, so that a
         // refused connection or an unknown host is reported at once, as
-        // itself, instead of as a timeout.
-        let deadline = tokio::time::Instant::now() + config.connect_timeout;
-        let (host, port) = (uri.authority.host.clone(), uri.authority.port);
-        match tokio::time::timeout_at(
-            deadline,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        {
-            Ok(Ok(_probe)) => {}
-            Ok(Err(e)) => bail!("cannot connect to RabbitMQ at {redacted}: {host}:{port}: {e}"),
-            Err(_) => bail!(
-                "cannot connect to RabbitMQ at {redacted}: {host}:{port} did not answer within {:?} (the connect timeout)",
-                config.connect_timeout
-            ),
+        // itself, instead of as a timeout. The first node that answers is
+        // the one to connect to.
+        let mut causes = Vec::new();
+        let mut answered = None;
+        for (i, addr) in nodes.addrs().enumerate() {
+            let probe = tokio::time::timeout(
+                config.connect_timeout,
+                tokio::net::TcpStream::connect(addr.as_str()),
+            )
+            .await;
+            match probe {
+                Ok(Ok(_)) => {
+                    answered = Some(i);
+                    break;
+                }
+                Ok(Err(e)) => causes.push(format!("{addr}: {e}")),
+                Err(_) => causes.push(format!(
+                    "{addr} did not answer within {:?} (the connect timeout)",
+                    config.connect_timeout
+                )),
+            }
         }
+        let Some(first) = answered else {
+            bail!(
+                "cannot connect to RabbitMQ at {redacted}: {}",
+                causes.join("; ")
+            );
+        };
+        nodes.start_at(first);
         // After a connection is lost, lapin's recovery tries again at most
-        // 4 s apart for about an hour: a broker back after a long restart
-        // is found again within seconds.
+        // 4 s apart for about an hour, through `Nodes::connect`: on the same
+        // node, or the next one when it does not answer.
         let props = ConnectionProperties::default()
             .with_connection_name(format!("warren {}", std::process::id()).into())
             .enable_auto_recover()
             .with_backoff(recovery_backoff());
-        let attempt = tokio::time::timeout_at(deadline, Connection::connect_uri(uri, props)).await;
+        let runtime = lapin::runtime::default_runtime()?;
+        let connector = nodes.clone();
+        let attempt = tokio::time::timeout(
+            config.connect_timeout,
+            Connection::connector(
+                uri,
+                runtime,
+                async move |uri, runtime| connector.connect(&uri, &runtime).await,
+                props,
+            ),
+        )
+        .await;
         let connection = match attempt {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => bail!(
@@ -256,6 +298,7 @@ impl AmqpBroker {
             inner: Arc::new(Inner {
                 config,
                 redacted,
+                nodes,
                 connection,
                 publish,
                 settle,
@@ -317,10 +360,22 @@ impl AmqpBroker {
 #[async_trait]
 impl Broker for AmqpBroker {
     fn describe(&self) -> String {
+        let node = match self.inner.nodes.current() {
+            Some(node) if self.inner.nodes.len() > 1 => format!(", on node {node}"),
+            _ => String::new(),
+        };
         format!(
-            "RabbitMQ at {} (exchange `{}`)",
+            "RabbitMQ at {} (exchange `{}`){node}",
             self.inner.redacted, self.inner.config.exchange
         )
+    }
+
+    fn node(&self) -> Option<String> {
+        self.inner.nodes.current()
+    }
+
+    fn failovers(&self) -> u64 {
+        self.inner.nodes.failovers()
     }
 
     fn connected(&self) -> bool {

@@ -24,9 +24,9 @@
 //! order book) and the conversation's context variables.
 
 use serde_json::{json, Map, Value};
-use warren_agent::http::{self, HttpError};
+use warren_agent::http;
 use warren_agent::{
-    config, from_openai, info, reject, retry, send, to_openai, Agent, Answer, ChatMessage,
+    config, from_openai, info, reject, send, to_openai, Agent, Answer, ChatMessage,
     Destination, Failure, Message, MessageExt, OutgoingExt,
 };
 
@@ -120,7 +120,7 @@ fn run_tool(name: &str, arguments: &str, context: &mut Map<String, Value>) -> St
 
 /// What the operator configured for this agent.
 struct Settings {
-    url: String,
+    base_url: String,
     model: String,
     api_key: Option<String>,
     instructions: String,
@@ -147,7 +147,7 @@ impl Settings {
             .or_else(|| config("model"))
             .ok_or_else(|| reject("no model: none in the message, none in the agent's config"))?;
         Ok(Settings {
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            base_url: base,
             model,
             api_key: config("api_key"),
             instructions: config("instructions")
@@ -192,27 +192,9 @@ impl Settings {
         own.chain(transfers).collect()
     }
 
-    /// Asks the model. A refusal (a bad history, a bad key) will not get
-    /// better by retrying (reject); a busy or failing endpoint might (retry).
+    /// Asks the model (see `http::chat_completion` for what is retried).
     fn complete(&self, request: &Value) -> Result<Value, Failure> {
-        let headers: Vec<(&str, String)> = self
-            .api_key
-            .iter()
-            .map(|k| ("authorization", format!("Bearer {k}")))
-            .collect();
-        let resp =
-            http::post_json(&self.url, &headers, request).map_err(HttpError::into_failure)?;
-        let status = resp.status;
-        let why = || {
-            let body = resp.json().unwrap_or_default();
-            let message = body["error"]["message"].as_str().unwrap_or("no error message");
-            format!("the model endpoint answered {status}: {message}")
-        };
-        match status {
-            200..=299 => resp.json().map_err(|e| retry(e.to_string())),
-            408 | 429 | 500..=599 => Err(retry(why())),
-            _ => Err(reject(why())),
-        }
+        http::chat_completion(&self.base_url, self.api_key.as_deref(), request)
     }
 }
 
