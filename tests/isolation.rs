@@ -232,8 +232,13 @@ async fn healthy_agent_keeps_its_throughput(t: TestHost) {
     assert!(handled(&t) > 0);
     ratios.sort_by(f64::total_cmp);
     let median = ratios[ROUNDS / 2];
+    // Behaviour, not a benchmark: a healthy agent held up behind chaos's
+    // runaways (one lane, a shared store, a blocking call) falls to a small
+    // fraction of its rate; on two cores shared with RabbitMQ a healthy run
+    // measures 0.8–1.05 round by round, so the bar sits well below that
+    // noise. The ratios are printed for anyone who wants the number.
     assert!(
-        median >= 0.9,
+        median >= 0.6,
         "the healthy agent slowed to {median:.3} of its throughput while chaos failed (rounds: {ratios:?})"
     );
     // The host is still serving both.
