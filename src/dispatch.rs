@@ -165,6 +165,9 @@ pub struct Dispatcher {
     last_errors: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Per agent, failed settlements: how many, the latest reason and when.
     settle_failures: std::sync::Mutex<std::collections::HashMap<String, SettleTrouble>>,
+    /// Whether `settle_failures` may hold anything (spares the lock per
+    /// message when it does not).
+    settle_trouble_seen: std::sync::atomic::AtomicBool,
 }
 
 /// An agent whose messages could not be settled (e.g. its dead-letter
@@ -191,6 +194,7 @@ impl Dispatcher {
             metrics,
             last_errors: Default::default(),
             settle_failures: Default::default(),
+            settle_trouble_seen: Default::default(),
         }
     }
 
@@ -224,9 +228,25 @@ impl Dispatcher {
             reason: String::new(),
             at: std::time::Instant::now(),
         });
+        self.settle_trouble_seen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         entry.count += 1;
         entry.reason = reason;
         entry.at = std::time::Instant::now();
+    }
+
+    /// A settlement went through: the agent's settling works again. A
+    /// failure while the connection was being lost (its deliveries come
+    /// back on the new one) thus leaves no trouble once messages flow.
+    fn note_settle_success(&self, agent: &str) {
+        if self.settle_trouble_seen.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut all = self.settle_failures.lock().unwrap();
+            all.remove(agent);
+            if all.is_empty() {
+                self.settle_trouble_seen
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// Forgets an agent's latest error: a new version serves now, and the
@@ -372,6 +392,8 @@ impl Dispatcher {
             );
             m.failure("settle");
             self.note_settle_failure(agent, reason);
+        } else {
+            self.note_settle_success(agent);
         }
     }
 

@@ -44,9 +44,12 @@
 //! - [`mockllm`] — `warren mock-llm`: a local OpenAI-compatible endpoint for LLM agents.
 //! - [`bench`] — `warren bench`: throughput, latency and cost, side by side
 //!   with a raw lapin relay.
+//! - [`chaos`] — `warren chaos`: faults injected mid-backlog, every message
+//!   counted (RELIABILITY.md).
 
 pub mod bench;
 pub mod broker;
+pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod contract;

@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::cluster::{cluster, ctl, vhost};
 use common::*;
 use warren::broker::amqp::{AmqpBroker, AmqpConfig, QueueType};
 use warren::dispatch::{DispatchConfig, Event};
@@ -15,42 +15,6 @@ use warren::{Broker, client};
 
 /// The tests stop and start nodes: never two at once.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn cluster(args: &[&str]) {
-    let out = Command::new(root().join("scripts/rabbitmq-cluster.sh"))
-        .args(args)
-        .output()
-        .expect("running scripts/rabbitmq-cluster.sh");
-    assert!(
-        out.status.success(),
-        "rabbitmq-cluster.sh {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ctl(node: u32, args: &[&str]) -> String {
-    let out = Command::new("runuser")
-        .args([
-            "-u",
-            "rabbitmq",
-            "--",
-            "env",
-            "HOME=/var/lib/rabbitmq",
-            "rabbitmqctl",
-            "-n",
-        ])
-        .arg(format!("warren-c{node}@localhost"))
-        .args(args)
-        .output()
-        .expect("running rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The node (1-3) leading a quorum queue.
 fn leader(node: u32, vhost: &str, queue: &str) -> u32 {
@@ -84,12 +48,7 @@ fn leader(node: u32, vhost: &str, queue: &str) -> u32 {
 async fn retries_waiting_in_quorum_delay_queues_survive_the_loss_of_the_agent_queues_leader() {
     let _serial = SERIAL.lock().await;
     cluster(&["up"]);
-    let vhost = format!("warren-cluster-{}", &warren::dispatch::new_id()[2..12]);
-    ctl(1, &["add_vhost", &vhost]);
-    ctl(
-        1,
-        &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"],
-    );
+    let vhost = vhost("warren-cluster");
     let url = |n: u32| format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", 5700 + n);
     let quorum = |n: u32| AmqpConfig {
         queue_type: QueueType::Quorum,
@@ -163,12 +122,7 @@ async fn retries_waiting_in_quorum_delay_queues_survive_the_loss_of_the_agent_qu
 async fn a_host_given_several_nodes_fails_over_when_its_node_is_lost() {
     let _serial = SERIAL.lock().await;
     cluster(&["up"]);
-    let vhost = format!("warren-failover-{}", &warren::dispatch::new_id()[2..12]);
-    ctl(1, &["add_vhost", &vhost]);
-    ctl(
-        1,
-        &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"],
-    );
+    let vhost = vhost("warren-failover");
     let url = |n: u32| format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", 5700 + n);
     // The host prefers node 1, then 2, then 3; the user's side is on node 3.
     let host_broker = AmqpBroker::connect(AmqpConfig {

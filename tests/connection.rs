@@ -8,7 +8,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::cluster;
+use common::http::get;
+use common::rabbit::Vhost;
 use common::*;
+use warren::broker::amqp::{AmqpBroker, AmqpConfig};
+use warren::chaos::Proxy;
+use warren::runtime::InstanceMode;
+use warren::{Broker as _, client};
 
 fn warren(args: &[&str]) -> (std::process::Output, Duration) {
     let started = Instant::now();
@@ -70,18 +77,6 @@ fn a_port_that_never_answers_times_out_with_the_connect_timeout() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
-fn cluster(args: &[&str]) {
-    let out = Command::new(root().join("scripts/rabbitmq-cluster.sh"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rabbitmq-cluster.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn run_waits_for_its_broker_and_says_so() {
     // Node 3 of the local cluster stands in for a broker that is not up yet.
@@ -89,9 +84,14 @@ fn run_waits_for_its_broker_and_says_so() {
     cluster(&["stop", "3"]);
     let url = "amqp://guest:guest@127.0.0.1:5703/%2f";
     let dir = plugins_dir(&["echo"]);
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut child = Running::new(
         Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["run", "--no-http", "--no-watch", "--amqp-url", url])
+            .args(["run", "--no-watch", "--amqp-url", url])
+            .args(["--http", &http.to_string()])
             .arg("--plugins")
             .arg(dir.path())
             .env_remove("RUST_LOG")
@@ -134,6 +134,15 @@ fn run_waits_for_its_broker_and_says_so() {
         );
         assert!(!text.contains("guest:guest"), "{text}");
     }
+    // Alive and not ready meanwhile, with the reason.
+    let (code, body) = get(http, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("waiting for the broker") && body.contains("127.0.0.1:5703"),
+        "{body}"
+    );
+    assert!(!body.contains("guest:guest"), "{body}");
+    assert_eq!(get(http, "/healthz").0, 200);
     cluster(&["start", "3"]);
     // The backoff is capped at 4 s, so the next attempt after the node is
     // up comes within that (the bound is loose: a loaded CI machine).
@@ -145,5 +154,95 @@ fn run_waits_for_its_broker_and_says_so() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
+    let (code, body) = get(http, "/readyz");
+    assert_eq!(code, 200, "{body}");
     child.stop();
+}
+
+/// A link that stays open but carries nothing (a silent partition) is
+/// noticed through the heartbeat, and the host recovers once it heals —
+/// also when the proxy swallows the reconnection attempts it accepts while
+/// frozen, which only the handshake's timeout ends. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_link_is_noticed_and_recovered_from() {
+    let vh = Vhost::new();
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap())
+        .await
+        .unwrap();
+    let heartbeat = 2u16;
+    let host_broker = Arc::new(
+        AmqpBroker::connect(AmqpConfig {
+            heartbeat,
+            connect_timeout: Duration::from_secs(2),
+            ..AmqpConfig::new(vh.url().replace("127.0.0.1:5672", &proxy.addr.to_string()))
+        })
+        .await
+        .unwrap(),
+    );
+    let t = start_on(
+        host_broker.clone(),
+        plugins_dir(&["echo"]),
+        runtime_config(InstanceMode::Reuse),
+        fast_dispatch(),
+    )
+    .await;
+    let user = vh.broker().await;
+    let ask = |i: usize| {
+        let user = user.clone();
+        tokio::spawn(async move {
+            client::send(
+                user.as_ref(),
+                "echo",
+                &format!("message {i}"),
+                Default::default(),
+                Some(Duration::from_secs(120)),
+            )
+            .await
+        })
+    };
+    for i in 0..5 {
+        ask(i).await.unwrap().unwrap();
+    }
+    proxy.freeze();
+    let frozen = Instant::now();
+    let mut waiting: Vec<_> = (0..50).map(ask).collect();
+    while host_broker.connected() {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(3 * u64::from(heartbeat) + 2),
+            "the frozen link was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let noticed = frozen.elapsed();
+    // Frozen long enough for reconnection attempts to be swallowed.
+    while proxy.swallowed.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(30),
+            "no reconnection attempt while frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.thaw();
+    let thawed = Instant::now();
+    while !host_broker.connected() {
+        assert!(
+            thawed.elapsed() < Duration::from_secs(30),
+            "the host did not reconnect after the link healed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "heartbeat {heartbeat}s: noticed after {noticed:?}, reconnected {:?} after the thaw",
+        thawed.elapsed()
+    );
+    waiting.extend((50..60).map(ask));
+    for (i, w) in waiting.into_iter().enumerate() {
+        let outcome = w
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("message {i} across the partition: {e:#}"));
+        assert_eq!(outcome.reply.unwrap().text, format!("message {i}"));
+    }
+    t.host.shutdown().await;
 }

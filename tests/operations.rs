@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::rabbit::Vhost;
+use common::http::get;
 use common::*;
 use tokio_util::sync::CancellationToken;
 use warren::dispatch::{Event, user_envelope};
@@ -16,24 +16,6 @@ use warren::runtime::InstanceMode;
 
 /// The RabbitMQ outage test stops the broker: nothing else may run meanwhile.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A plain HTTP/1.1 GET; returns the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
-    (status, body.to_string())
-}
 
 async fn get_async(addr: SocketAddr, path: &'static str) -> (u16, String) {
     tokio::task::spawn_blocking(move || get(addr, path))

@@ -141,6 +141,14 @@ impl BrokerArgs {
         })
     }
 
+    /// The broker, as logs may show it (passwords masked).
+    pub fn describe(&self) -> String {
+        match self.amqp_url.first() {
+            Some(url) => format!("RabbitMQ at {}", warren::broker::amqp::redact(url)),
+            None => "the embedded broker".to_string(),
+        }
+    }
+
     /// One bounded attempt (the CLI verbs): an unreachable broker is an error.
     pub async fn connect(&self) -> Result<Option<AmqpBroker>> {
         match self.amqp_config() {
@@ -150,14 +158,21 @@ impl BrokerArgs {
     }
 
     /// `run`: waits for the broker, saying so at every attempt.
-    pub async fn connect_waiting(&self, queues: &QueueArgs) -> Result<Option<AmqpBroker>> {
+    pub async fn connect_waiting(
+        &self,
+        queues: &QueueArgs,
+        failed: impl Fn(&anyhow::Error),
+    ) -> Result<Option<AmqpBroker>> {
         match self.amqp_config() {
             Some(config) => Ok(Some(
-                AmqpBroker::connect_waiting(AmqpConfig {
-                    prefetch: queues.prefetch,
-                    queue_type: queues.queue_type,
-                    ..config
-                })
+                AmqpBroker::connect_waiting(
+                    AmqpConfig {
+                        prefetch: queues.prefetch,
+                        queue_type: queues.queue_type,
+                        ..config
+                    },
+                    failed,
+                )
                 .await?,
             )),
             None => Ok(None),

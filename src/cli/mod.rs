@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod chaos;
 mod config;
 mod demo;
 mod dlq;
@@ -70,6 +71,10 @@ enum Command {
     /// Benchmarks: RabbitMQ relay throughput and latency against a raw lapin
     /// relay, Wasm call cost, embedded-broker hops, start-up and RSS. Prints tables.
     Bench(bench::Bench),
+    /// Faults injected into a running host mid-backlog (connection closes,
+    /// broker restarts, host kills, plugin swaps, node losses, frozen links);
+    /// every message counted: lost, duplicated, unexpected. Prints a table.
+    Chaos(chaos::Chaos),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -133,6 +138,7 @@ pub async fn main() -> std::process::ExitCode {
         Command::MockLlm(c) => mock_llm::run(c).await,
         Command::Demo(c) => demo::run(c).await,
         Command::Bench(c) => bench::run(c).await,
+        Command::Chaos(c) => chaos::run(c).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -35,7 +35,22 @@ async fn run_host(
     control_path: PathBuf,
     http: Option<std::net::SocketAddr>,
 ) -> Result<()> {
-    let amqp = broker.connect_waiting(&queues).await?;
+    // The HTTP endpoint comes first: a port another host holds is found
+    // before waiting for the broker and loading every agent (which can take
+    // seconds), and `/readyz` says 503 while the broker is waited for.
+    let stop = CancellationToken::new();
+    let endpoint = warren::http::Endpoint::waiting(broker.describe());
+    let mut http_server = match http {
+        Some(addr) => {
+            let (_, serve) =
+                warren::http::bind_endpoint(endpoint.clone(), addr, stop.clone()).await?;
+            tokio::spawn(serve)
+        }
+        None => tokio::spawn(async { std::future::pending::<Result<()>>().await }),
+    };
+    let amqp = broker
+        .connect_waiting(&queues, |e| endpoint.attempt_failed(e))
+        .await?;
     let broker: Arc<dyn Broker> = match &amqp {
         Some(amqp) => Arc::new(amqp.clone()),
         None => {
@@ -47,19 +62,10 @@ async fn run_host(
     };
     info!("broker: {}", broker.describe());
     let host = Host::new(args.config(), broker)?;
-    // A port or socket another host holds is found before loading every
-    // agent (which can take seconds), not after.
     if amqp.is_none() {
         control::check_free(&control_path).await?;
     }
-    let stop = CancellationToken::new();
-    let mut http_server = match http {
-        Some(addr) => {
-            let (_, serve) = warren::http::bind(host.clone(), addr, stop.clone()).await?;
-            tokio::spawn(serve)
-        }
-        None => tokio::spawn(async { std::future::pending::<Result<()>>().await }),
-    };
+    endpoint.serve(host.clone());
     let loaded = host.load_dir(&args.plugins).await?;
     info!(
         "hosting {} agents from {}: {}",

@@ -2,6 +2,8 @@
 //! folder, and waiting for dispatch events.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod http;
 pub mod logs;
 pub mod rabbit;
 

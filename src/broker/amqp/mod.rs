@@ -208,7 +208,7 @@ impl AmqpBroker {
     pub async fn connect(config: AmqpConfig) -> Result<Self> {
         let mut urls = vec![config.url.clone()];
         urls.extend(config.more_urls.iter().cloned());
-        let (mut uri, nodes) = Nodes::parse(&urls)?;
+        let (mut uri, nodes) = Nodes::parse(&urls, config.connect_timeout)?;
         let nodes = Arc::new(nodes);
         let redacted = match nodes.len() {
             1 => redact(&config.url),
@@ -283,6 +283,7 @@ impl AmqpBroker {
                 config.connect_timeout
             ),
         };
+        nodes.watch(connection.status().clone());
         if !config.reliable {
             warn!(
                 "publisher confirms and persistence are OFF: messages can be lost (benchmark mode)"
@@ -318,8 +319,12 @@ impl AmqpBroker {
 
     /// Connects, waiting for the broker as long as it takes: each failed
     /// attempt is logged at WARN with the (redacted) address, the cause and
-    /// the delay before the next one.
-    pub async fn connect_waiting(config: AmqpConfig) -> Result<Self> {
+    /// the delay before the next one, and given to `failed` (e.g. for
+    /// `/readyz` to show meanwhile).
+    pub async fn connect_waiting(
+        config: AmqpConfig,
+        failed: impl Fn(&anyhow::Error),
+    ) -> Result<Self> {
         let mut delays = backon::BackoffBuilder::build(reconnect_backoff());
         let mut attempt = 1u64;
         loop {
@@ -333,6 +338,7 @@ impl AmqpBroker {
                 // An invalid URL does not get better by waiting.
                 Err(e) if e.to_string().starts_with("invalid AMQP URL") => return Err(e),
                 Err(e) => {
+                    failed(&e);
                     let delay = delays.next().unwrap_or(Duration::from_secs(4));
                     warn!(attempt, "{e:#}; next attempt in {} ms", delay.as_millis());
                     tokio::time::sleep(delay).await;

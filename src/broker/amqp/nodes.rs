@@ -15,15 +15,26 @@
 //! connection declared — on whichever node answered, so losing a node is a
 //! reconnection like any other (in-flight publishes are re-sent by their
 //! callers, unacked deliveries are redelivered by RabbitMQ).
+//!
+//! Every attempt is bounded by the connect timeout, recovery included
+//! (lapin's own TCP connect has none, and its handshake waits as long as the
+//! socket stays open): name resolution, TCP and TLS time out inside
+//! [`Nodes::connect`]; the AMQP handshake that lapin runs on the returned
+//! socket is watched, and a handshake still unfinished when the timeout
+//! runs out has its socket shut down, which lapin's recovery sees as a
+//! failed attempt and retries (a proxy that accepts and never answers, a
+//! node that hangs while it boots).
 
-use std::sync::Mutex;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use async_rs::Runtime;
-use async_rs::traits::{Reactor, RuntimeKit};
-use lapin::tcp::{AMQPUriTcpExt as _, AsyncTcpStream, TLSConfig};
-use lapin::uri::AMQPUri;
+use async_rs::TokioRuntime;
+use async_rs::traits::Reactor;
+use lapin::tcp::{AsyncTcpStream, TLSConfig};
+use lapin::uri::{AMQPScheme, AMQPUri};
 
 use super::url::{redact, scrub};
 
@@ -39,11 +50,23 @@ pub struct Nodes {
     connected: Mutex<Option<usize>>,
     /// Connections made to another node than the one before.
     failovers: AtomicU64,
+    /// Longest wait for one attempt: resolution, TCP and TLS, then again
+    /// for the AMQP handshake.
+    timeout: Duration,
+    /// Attempts made, so that a watch on an old attempt's handshake leaves
+    /// a newer one alone.
+    attempts: Arc<AtomicU64>,
+    /// The connection's state once it exists (the first connection is
+    /// bounded by its caller instead).
+    status: OnceLock<lapin::ConnectionStatus>,
 }
+
+/// The socket of lapin's stream: `<Tokio as Reactor>::TcpStream`.
+type Stream = <async_rs::Tokio as Reactor>::TcpStream;
 
 impl Nodes {
     /// Parses the URLs: the first one whole, the others for their address.
-    pub fn parse(urls: &[String]) -> Result<(AMQPUri, Nodes)> {
+    pub fn parse(urls: &[String], timeout: Duration) -> Result<(AMQPUri, Nodes)> {
         let mut addrs = Vec::new();
         let mut first: Option<AMQPUri> = None;
         for url in urls {
@@ -61,6 +84,9 @@ impl Nodes {
                 next: AtomicUsize::new(0),
                 connected: Mutex::new(None),
                 failovers: AtomicU64::new(0),
+                timeout,
+                attempts: Arc::new(AtomicU64::new(0)),
+                status: OnceLock::new(),
             },
         ))
     }
@@ -95,22 +121,35 @@ impl Nodes {
         self.next.store(i % self.addrs.len(), Ordering::Relaxed);
     }
 
+    /// Hands over the connection's state, for the handshake watch of
+    /// the attempts that follow (recoveries).
+    pub fn watch(&self, status: lapin::ConnectionStatus) {
+        let _ = self.status.set(status);
+    }
+
     /// One connection attempt, for lapin (first connection and every
     /// reconnection alike): to the current node; if it fails, the next
     /// attempt goes to the next node.
-    pub async fn connect<RK: RuntimeKit + Send + Sync>(
+    pub async fn connect(
         &self,
         uri: &AMQPUri,
-        runtime: &Runtime<RK>,
-    ) -> lapin::Result<AsyncTcpStream<<RK as Reactor>::TcpStream>> {
+        runtime: &TokioRuntime,
+    ) -> lapin::Result<AsyncTcpStream<Stream>> {
         let i = self.next.load(Ordering::Relaxed) % self.addrs.len();
-        let mut node = uri.clone();
-        (node.authority.host, node.authority.port) = self.addrs[i].clone();
-        match node
-            .connect_with_config_async(TLSConfig::default(), runtime)
+        let attempt = tokio::time::timeout(self.timeout, open(uri, &self.addrs[i], runtime))
             .await
-        {
-            Ok(stream) => {
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer within {:?} (the connect timeout)",
+                        self.timeout
+                    ),
+                ))
+            });
+        match attempt {
+            Ok((stream, socket)) => {
+                self.watch_handshake(i, socket);
                 let mut connected = self.connected.lock().unwrap();
                 if connected.is_some_and(|before| before != i) {
                     self.failovers.fetch_add(1, Ordering::Relaxed);
@@ -134,11 +173,63 @@ impl Nodes {
                         self.addr(next)
                     );
                     self.next.store(next, Ordering::Relaxed);
+                } else if self.status.get().is_some() {
+                    // A recovery attempt (the first connection's error is
+                    // reported by its caller).
+                    tracing::warn!(
+                        node = self.addr(i),
+                        "reconnecting: {} does not answer: {e}",
+                        self.addr(i)
+                    );
                 }
                 Err(e.into())
             }
         }
     }
+
+    /// Shuts `socket` down if the AMQP handshake on it has not finished
+    /// within the timeout and no newer attempt was made meanwhile.
+    fn watch_handshake(&self, node: usize, socket: OwnedFd) {
+        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some(status) = self.status.get().cloned() else {
+            // The first connection: its caller's timeout bounds it.
+            return;
+        };
+        let (timeout, addr) = (self.timeout, self.addr(node));
+        let attempts = self.attempts.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if status.connected() || attempts.load(Ordering::Relaxed) != attempt {
+                return;
+            }
+            tracing::warn!(
+                node = addr,
+                "the AMQP handshake with {addr} did not finish within {timeout:?} (the connect \
+                 timeout); closing its socket so that the next attempt can start"
+            );
+            let _ = std::net::TcpStream::from(socket).shutdown(std::net::Shutdown::Both);
+        });
+    }
+}
+
+/// Resolves, connects and (for `amqps`) runs TLS to one node; returns the
+/// stream with a second handle on its socket, for the handshake watch.
+async fn open(
+    uri: &AMQPUri,
+    (host, port): &(String, u16),
+    runtime: &TokioRuntime,
+) -> std::io::Result<(AsyncTcpStream<Stream>, OwnedFd)> {
+    let addrs = runtime.to_socket_addrs((host.clone(), *port));
+    let stream = AsyncTcpStream::connect(runtime, addrs).await?;
+    let socket = match &stream {
+        AsyncTcpStream::Plain(s) => s.get_ref().as_fd().try_clone_to_owned()?,
+        _ => unreachable!("a new connection is plain TCP"),
+    };
+    let stream = match uri.scheme {
+        AMQPScheme::AMQP => stream,
+        AMQPScheme::AMQPS => stream.into_tls(host, TLSConfig::default()).await?,
+    };
+    Ok((stream, socket))
 }
 
 #[cfg(test)]
@@ -151,7 +242,7 @@ mod tests {
             "amqp://u:secret@10.0.0.1:5701/vh".to_string(),
             "amqp://10.0.0.2:5702".to_string(),
         ];
-        let (uri, nodes) = Nodes::parse(&urls).unwrap();
+        let (uri, nodes) = Nodes::parse(&urls, Duration::from_secs(5)).unwrap();
         assert_eq!(uri.vhost, "vh");
         assert_eq!(uri.authority.userinfo.password, "secret");
         assert_eq!(
@@ -159,7 +250,8 @@ mod tests {
             ["10.0.0.1:5701", "10.0.0.2:5702"]
         );
         assert_eq!(nodes.current(), None);
-        let e = Nodes::parse(&["amqp://u:secret@h:notaport".to_string()]).unwrap_err();
+        let e = Nodes::parse(&["amqp://u:secret@h:notaport".to_string()], Duration::from_secs(5))
+            .unwrap_err();
         assert!(!format!("{e:#}").contains("secret"), "{e:#}");
     }
 }
