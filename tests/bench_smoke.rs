@@ -29,7 +29,9 @@ fn quick_benchmark_prints_every_table() {
         "### Wasm cost per message",
         "### Embedded broker: agent hops per second",
         "### Scale: start-up",
+        "### Raw lapin relay: its window, measured",
         "### RabbitMQ relay throughput",
+        "### warren's settings, swept",
         "### RabbitMQ end-to-end latency",
     ] {
         assert!(stdout.contains(title), "missing {title}:\n{stdout}");
@@ -37,6 +39,7 @@ fn quick_benchmark_prints_every_table() {
     assert!(stdout.contains("| persistent + confirms |"), "{stdout}");
     assert!(stdout.contains("| transient, no confirms |"), "{stdout}");
     assert!(stdout.contains("| rust (plugins/echo.wasm) |"), "{stdout}");
+    assert!(stdout.contains("the defaults |"), "{stdout}");
     assert!(
         stdout.contains("| 200 msg/s | warren |") && stdout.contains("| 200 msg/s | raw lapin |"),
         "{stdout}"

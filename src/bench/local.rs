@@ -171,7 +171,7 @@ pub async fn embedded_hops(config: &BenchConfig) -> Result<Table> {
     host.shutdown().await;
     t.row(vec![
         n.to_string(),
-        config.consumers.to_string(),
+        super::Shape::defaults().consumers.to_string(),
         format!("{:.2}", elapsed.as_secs_f64()),
         fmt_rate(per_sec(n, elapsed)),
     ]);

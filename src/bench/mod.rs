@@ -1,9 +1,10 @@
 //! `warren bench`: what warren costs, measured side by side in one run.
 //!
 //! Every RabbitMQ figure is a ratio against a raw lapin relay written here
-//! with the very same settings (consumers, prefetch, persistence, confirms,
-//! ack after confirm) and no Wasm, alternated with warren's run over several
-//! rounds. The benchmark reports; it asserts nothing.
+//! (persistence, confirms, ack after confirm, no Wasm) at the window that
+//! makes it fastest — measured in the same run — while warren runs with
+//! its defaults, as a user runs it; the two alternate over several rounds.
+//! The benchmark reports; it asserts nothing.
 //!
 //! - [`relay`] — throughput and latency on RabbitMQ, warren vs raw.
 //! - [`local`] — Wasm call cost, embedded-broker hops, start-up time and RSS.
@@ -30,11 +31,13 @@ pub struct BenchConfig {
     pub rates: Vec<u32>,
     /// Seconds of load per latency run.
     pub latency_seconds: f64,
-    /// Consumers (warren: per agent) and prefetch, identical for both relays.
-    pub consumers: usize,
-    pub prefetch: u16,
-    /// Deliveries each consumer handles at once (both relays).
-    pub in_flight: usize,
+    /// The raw relay's candidate shapes: each is measured, and the fastest
+    /// is the raw relay warren is compared with (the first one also runs
+    /// the latency table).
+    pub raw_shapes: Vec<Shape>,
+    /// warren's shapes for the sweep table; the comparison itself runs
+    /// warren with its defaults, as a user does.
+    pub sweep: Vec<Shape>,
     /// Calls per Wasm cost measurement.
     pub calls: usize,
     /// Agent counts for the scale table.
@@ -58,24 +61,86 @@ pub enum TableKind {
     Hops,
     /// Start-up time and RSS with 1, 10, 100 agents.
     Scale,
-    /// RabbitMQ relay throughput against raw lapin.
+    /// RabbitMQ relay throughput: warren at its defaults against the
+    /// strongest raw lapin relay (its window chosen by measurement).
     Throughput,
+    /// warren's throughput over prefetch / in-flight / consumers settings.
+    Sweep,
     /// RabbitMQ latency, steady and while swapping the agent.
     Latency,
 }
 
+/// A relay's shape: consumers, and per consumer the prefetch and the
+/// deliveries handled at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub consumers: usize,
+    pub prefetch: u16,
+    pub in_flight: usize,
+}
+
+impl Shape {
+    pub const fn new(consumers: usize, prefetch: u16, in_flight: usize) -> Self {
+        Shape {
+            consumers,
+            prefetch,
+            in_flight,
+        }
+    }
+
+    /// What `warren run` uses when given no option.
+    pub fn defaults() -> Self {
+        let dispatch = crate::dispatch::DispatchConfig::default();
+        Shape {
+            consumers: dispatch.consumers_per_agent,
+            prefetch: crate::broker::amqp::AmqpConfig::new("").prefetch,
+            in_flight: dispatch.in_flight_per_consumer,
+        }
+    }
+
+    pub fn label(&self) -> String {
+        format!(
+            "{} consumers × {} in flight, prefetch {}",
+            self.consumers, self.in_flight, self.prefetch
+        )
+    }
+
+    /// A host of this shape (the rest at the defaults).
+    pub fn host_config(&self) -> crate::HostConfig {
+        let mut config = crate::HostConfig::default();
+        config.dispatch.consumers_per_agent = self.consumers;
+        config.dispatch.in_flight_per_consumer = self.in_flight;
+        config.runtime.max_instances = config.runtime.max_instances.max(self.consumers);
+        config
+    }
+}
+
 impl BenchConfig {
-    /// The full suite (about ten minutes on a 2-core machine).
+    /// The full suite (tens of minutes on a 2-core machine).
     pub fn full(amqp_url: String, plugins: PathBuf, warren_exe: PathBuf) -> Self {
         BenchConfig {
             amqp_url,
-            messages: 100_000,
+            messages: 30_000,
             rounds: 3,
-            rates: vec![1_000, 5_000],
+            rates: vec![1_000, 2_000, 5_000],
             latency_seconds: 5.0,
-            consumers: 4,
-            prefetch: 64,
-            in_flight: 8,
+            raw_shapes: vec![
+                Shape::new(1, 256, 256),
+                Shape::new(4, 256, 256),
+                Shape::new(4, 64, 64),
+                Shape::new(2, 128, 128),
+                Shape::new(1, 512, 512),
+            ],
+            sweep: vec![
+                Shape::new(4, 8, 8),
+                Shape::new(4, 32, 32),
+                Shape::new(4, 64, 64),
+                Shape::new(4, 128, 128),
+                Shape::new(2, 128, 128),
+                Shape::new(4, 64, 16),
+                Shape::new(8, 64, 64),
+                Shape::new(1, 256, 256),
+            ],
             calls: 20_000,
             scale: vec![1, 10, 100],
             plugins,
@@ -85,22 +150,9 @@ impl BenchConfig {
         }
     }
 
-    /// The host settings both warren relays use: the same consumers and
-    /// in-flight window as the raw relay.
+    /// The host the local tables run: warren's defaults.
     pub fn host_config(&self) -> crate::HostConfig {
-        crate::HostConfig {
-            runtime: crate::runtime::RuntimeConfig {
-                max_instances: self.consumers,
-                ..Default::default()
-            },
-            dispatch: crate::dispatch::DispatchConfig {
-                consumers_per_agent: self.consumers,
-                in_flight_per_consumer: self.in_flight,
-                ..Default::default()
-            },
-            guard: Default::default(),
-            agents: Default::default(),
-        }
+        crate::HostConfig::default()
     }
 
     /// A smoke run (CI): every code path, tiny numbers.
@@ -111,6 +163,8 @@ impl BenchConfig {
         self.latency_seconds = 0.5;
         self.calls = 200;
         self.scale = vec![1, 3];
+        self.raw_shapes.truncate(2);
+        self.sweep = vec![Shape::defaults(), Shape::new(2, 32, 32)];
         self
     }
 }
@@ -170,7 +224,12 @@ pub async fn run(config: &BenchConfig, mut print: impl FnMut(&Table)) -> Result<
     }
     if !config.skip_rabbitmq {
         if want(TableKind::Throughput) {
-            emit(relay::throughput(config).await?, &mut tables);
+            for t in relay::throughput(config).await? {
+                emit(t, &mut tables);
+            }
+        }
+        if want(TableKind::Sweep) {
+            emit(relay::sweep(config).await?, &mut tables);
         }
         if want(TableKind::Latency) {
             emit(relay::latency(config).await?, &mut tables);

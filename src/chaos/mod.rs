@@ -84,7 +84,8 @@ pub struct Row {
     pub dead_lettered: usize,
     /// Still in the agent queue when the row ended.
     pub pending: usize,
-    /// From each injection to the first answer after it was over.
+    /// From each injection to the first answer after it was over (and
+    /// 200 ms more, so that answers already on their way are not counted).
     pub recoveries: Vec<Duration>,
 }
 
@@ -161,7 +162,9 @@ pub fn table(config: &ChaosConfig, rows: &[Row]) -> Table {
     t.note = Some(
         "lost: a request neither answered nor dead-lettered; duplicates: answers beyond one \
          per request (at-least-once: a fault can repeat at most the host's unacknowledged \
-         window, consumers × in-flight); recovery: from the fault to the first answer after it"
+         window, consumers × in-flight); recovery: from the start of the fault (its own length \
+         included: a restart's stop and start, a freeze's three heartbeats, a killed host's \
+         restart) to the first answer after it"
             .into(),
     );
     t
@@ -253,6 +256,10 @@ async fn run_row(config: &ChaosConfig, fault: Fault, times: usize) -> Result<Row
             }
             let injected = Instant::now();
             inject(config, fault, k, &mut host, &setup, &vhost, &mut stopped_node).await?;
+            // Answers the host published just before the fault may land
+            // after it: progress counts from a moment later.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            progress.poll(&mut ledger, &mut host).await?;
             let over = progress.answered;
             row.injected += 1;
             // Recovered: answers come again (or there is nothing left to answer).
@@ -390,7 +397,10 @@ async fn inject(
         Fault::Restart => faults::restart_broker(&config.ctl).await,
         Fault::Kill => {
             host.kill();
-            host.start()
+            host.start()?;
+            // Over when the new host serves: answers counted before that
+            // were published by the killed one.
+            host.wait_ready(Duration::from_secs(120)).await
         }
         Fault::Swap => {
             // In place, as `cp` writes: the watcher sees a partial file first.
