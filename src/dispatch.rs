@@ -95,6 +95,10 @@ pub struct DispatchConfig {
     pub in_flight_per_consumer: usize,
 }
 
+/// Deliveries each consumer handles at once unless configured (see
+/// `broker::amqp::DEFAULT_PREFETCH`: the two go together).
+pub const DEFAULT_IN_FLIGHT: usize = 128;
+
 impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
@@ -104,7 +108,7 @@ impl Default for DispatchConfig {
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
             consumers_per_agent: 4,
-            in_flight_per_consumer: 8,
+            in_flight_per_consumer: DEFAULT_IN_FLIGHT,
             max_outgoing: 64,
             max_message_bytes: 1 << 20,
         }

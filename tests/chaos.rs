@@ -52,8 +52,10 @@ fn chaos(args: &[&str]) -> Vec<Vec<String>> {
         assert_eq!(dead, "0", "{fault}: {row:?}");
         assert_eq!(unexpected, "0", "{fault}: {row:?}");
         // At-least-once: a fault repeats at most the unacknowledged window
-        // (4 consumers × 8 in flight by default) — per injection.
-        let window = 4 * 8 * injected.parse::<usize>().unwrap();
+        // (4 consumers × the prefetch, by default) — per injection.
+        let window = 4
+            * usize::from(warren::broker::amqp::DEFAULT_PREFETCH)
+            * injected.parse::<usize>().unwrap();
         assert!(
             duplicates.parse::<usize>().unwrap() <= window,
             "{fault}: more duplicates than the in-flight window: {row:?}"

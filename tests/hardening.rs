@@ -30,9 +30,14 @@ fn dispatch() -> DispatchConfig {
 
 async fn amqp_host(vh: &Vhost, dir: tempfile::TempDir) -> TestHost {
     let broker: Arc<dyn Broker> = Arc::new(
-        AmqpBroker::connect(AmqpConfig::new(vh.url()))
-            .await
-            .unwrap(),
+        // A small window, so that "more than the window" is a few dozen
+        // messages (e.g. a stall after consumers × prefetch).
+        AmqpBroker::connect(AmqpConfig {
+            prefetch: 8,
+            ..AmqpConfig::new(vh.url())
+        })
+        .await
+        .unwrap(),
     );
     start_on(broker, dir, runtime_config(InstanceMode::Reuse), dispatch()).await
 }

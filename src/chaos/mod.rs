@@ -197,9 +197,10 @@ async fn run_row(config: &ChaosConfig, fault: Fault, times: usize) -> Result<Row
     ledger.purge(&queue).await?;
     ledger.purge(&dlq).await?;
     ledger.fresh_queue(REPLIES).await?;
+    // The host's side first: a missing component fails before the preload.
+    let setup = setup(config, fault).await?;
     ledger.preload(&queue, config.messages, REPLIES).await?;
 
-    let setup = setup(config, fault).await?;
     let mut host_urls = config.urls.clone();
     if let Some(proxy) = &setup.proxy {
         let uri: lapin::uri::AMQPUri = url.parse().map_err(|e: String| anyhow::anyhow!(e))?;

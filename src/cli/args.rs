@@ -119,8 +119,10 @@ fn positive_secs(text: &str) -> Result<f64, String> {
 /// How `run` consumes and declares agent queues on RabbitMQ.
 #[derive(Args)]
 pub struct QueueArgs {
-    /// Unacknowledged deliveries per consumer.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Unacknowledged deliveries per consumer (the default is the fastest
+    /// in BENCHMARKS.md's sweep; lower it for large bodies, whose memory it
+    /// multiplies, or for slow agents shared by several hosts).
+    #[arg(long, default_value_t = warren::broker::amqp::DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
     /// Queue type of agent queues.
     #[arg(long, value_enum, default_value_t = QueueType::Classic)]
@@ -244,7 +246,7 @@ pub struct DispatchArgs {
     #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
     pub max_message_kb: usize,
     /// Deliveries each consumer handles at once (their confirms overlap).
-    #[arg(long, default_value_t = 8, value_parser = at_least_one())]
+    #[arg(long, default_value_t = warren::dispatch::DEFAULT_IN_FLIGHT, value_parser = at_least_one())]
     pub in_flight: usize,
 }
 

@@ -81,6 +81,13 @@ pub enum QueueType {
     Quorum,
 }
 
+/// Unacknowledged deliveries per consumer unless configured: with
+/// [`crate::dispatch::DEFAULT_IN_FLIGHT`] and 4 consumers, the shape that
+/// measured fastest in `warren bench --only sweep` (BENCHMARKS.md). The
+/// window is what hides the broker's confirm latency (fsync of persistent
+/// messages): with 8, half the machine sat idle waiting for confirms.
+pub const DEFAULT_PREFETCH: u16 = 128;
+
 /// How to reach RabbitMQ and shape the topology.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
@@ -121,7 +128,7 @@ impl AmqpConfig {
             more_urls: Vec::new(),
             exchange: "agent_exchange".into(),
             exchange_durable: true,
-            prefetch: 8,
+            prefetch: DEFAULT_PREFETCH,
             queue_type: QueueType::Classic,
             recovery_timeout: Duration::from_secs(120),
             reliable: true,
