@@ -322,10 +322,10 @@ async fn run_row(config: &ChaosConfig, fault: Fault, times: usize) -> Result<Row
     ledger.purge(&queue).await?;
     ledger.purge(&dlq).await?;
     ledger.delete(REPLIES).await;
-    if !row.ok() {
+    if !row.ok() || std::env::var_os("WARREN_CHAOS_KEEP").is_some() {
         // Kept for a look: the folder holds the host's log.
         let kept = setup.dir.keep();
-        tracing::error!(
+        tracing::warn!(
             "{}: {} lost, {} still queued; the host's log is {}",
             fault.label(),
             row.lost,
