@@ -149,29 +149,11 @@ async fn a_host_given_several_nodes_fails_over_when_its_node_is_lost() {
         .await
         .unwrap(),
     );
-    let ask = |i: usize| {
-        let user = user.clone();
-        tokio::spawn(async move {
-            client::send(
-                user.as_ref(),
-                "echo",
-                &format!("message {i}"),
-                Default::default(),
-                Some(Duration::from_secs(120)),
-            )
-            .await
-        })
-    };
+    let ask = |i: usize| ask_echo(user.clone(), i);
     let mut waiting: Vec<_> = (0..20).map(ask).collect();
     cluster(&["stop", "1"]);
     waiting.extend((20..40).map(ask));
-    for (i, w) in waiting.into_iter().enumerate() {
-        let outcome = w
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("message {i} after the node was lost: {e:#}"));
-        assert_eq!(outcome.reply.unwrap().text, format!("message {i}"));
-    }
+    expect_echoes(0, waiting).await;
     assert!(host_broker.failovers() >= 1);
     assert_ne!(host_broker.node().as_deref(), Some("127.0.0.1:5701"));
     let status = t.host.status().await.unwrap();

@@ -15,7 +15,7 @@ use common::*;
 use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::chaos::Proxy;
 use warren::runtime::InstanceMode;
-use warren::{Broker as _, client};
+use warren::Broker;
 
 fn warren(args: &[&str]) -> (std::process::Output, Duration) {
     let started = Instant::now();
@@ -186,26 +186,12 @@ async fn a_frozen_link_is_noticed_and_recovered_from() {
         fast_dispatch(),
     )
     .await;
-    let user = vh.broker().await;
-    let ask = |i: usize| {
-        let user = user.clone();
-        tokio::spawn(async move {
-            client::send(
-                user.as_ref(),
-                "echo",
-                &format!("message {i}"),
-                Default::default(),
-                Some(Duration::from_secs(120)),
-            )
-            .await
-        })
-    };
-    for i in 0..5 {
-        ask(i).await.unwrap().unwrap();
-    }
+    let user: Arc<dyn Broker> = vh.broker().await;
+    let ask = |i: usize| ask_echo(user.clone(), i);
+    expect_echoes(0, (0..5).map(ask).collect()).await;
     proxy.freeze();
     let frozen = Instant::now();
-    let mut waiting: Vec<_> = (0..50).map(ask).collect();
+    let mut waiting: Vec<_> = (5..55).map(ask).collect();
     while host_broker.connected() {
         assert!(
             frozen.elapsed() < Duration::from_secs(3 * u64::from(heartbeat) + 2),
@@ -236,13 +222,7 @@ async fn a_frozen_link_is_noticed_and_recovered_from() {
         "heartbeat {heartbeat}s: noticed after {noticed:?}, reconnected {:?} after the thaw",
         thawed.elapsed()
     );
-    waiting.extend((50..60).map(ask));
-    for (i, w) in waiting.into_iter().enumerate() {
-        let outcome = w
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("message {i} across the partition: {e:#}"));
-        assert_eq!(outcome.reply.unwrap().text, format!("message {i}"));
-    }
+    waiting.extend((55..65).map(ask));
+    expect_echoes(5, waiting).await;
     t.host.shutdown().await;
 }

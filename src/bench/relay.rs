@@ -104,38 +104,19 @@ impl Admin {
         Ok(q.message_count())
     }
 
-    /// Publishes `n` echo requests to `queue` (confirms pipelined, 1000 in flight).
+    /// Publishes `n` echo requests to `queue` (confirms pipelined).
     async fn preload(&self, queue: &str, n: usize, mode: Mode) -> Result<()> {
         let body = Body::user(&content(), Default::default()).encode();
-        let mut pending = Vec::new();
-        for i in 0..n {
+        let messages = (0..n).map(|i| {
             let id = format!("bench-{i}");
             let props = BasicProperties::default()
                 .with_message_id(id.as_str().into())
                 .with_correlation_id(id.as_str().into())
                 .with_reply_to(OUT.into())
                 .with_delivery_mode(if mode == Mode::Reliable { 2 } else { 1 });
-            pending.push(
-                self.ch
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        props,
-                    )
-                    .await?,
-            );
-            if pending.len() >= 1000 {
-                for c in futures::future::join_all(pending.drain(..)).await {
-                    c?;
-                }
-            }
-        }
-        for c in futures::future::join_all(pending).await {
-            c?;
-        }
-        Ok(())
+            (body.clone(), props)
+        });
+        publish_pipelined(&self.ch, queue, messages).await
     }
 
     async fn wait_for(&self, queue: &str, n: usize, timeout: Duration) -> Result<()> {
@@ -181,6 +162,37 @@ impl Admin {
             .exchange_delete(EXCHANGE.into(), ExchangeDeleteOptions::default())
             .await;
     }
+}
+
+/// Publishes each message to `queue` through the default exchange on `ch`
+/// (in confirm mode), waiting for the confirms a thousand at a time.
+pub(crate) async fn publish_pipelined(
+    ch: &Channel,
+    queue: &str,
+    messages: impl Iterator<Item = (Vec<u8>, BasicProperties)>,
+) -> Result<()> {
+    let mut pending = Vec::new();
+    for (body, props) in messages {
+        pending.push(
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await?,
+        );
+        if pending.len() >= 1000 {
+            for confirm in futures::future::join_all(pending.drain(..)).await {
+                confirm?;
+            }
+        }
+    }
+    for confirm in futures::future::join_all(pending).await {
+        confirm?;
+    }
+    Ok(())
 }
 
 /// The raw relay: C consumers, prefetch P, publish → confirm → ack.

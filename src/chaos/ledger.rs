@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicGetOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -120,35 +120,16 @@ impl Ledger {
     /// warren headers.
     pub async fn preload(&mut self, queue: &str, n: usize, reply_to: &str) -> Result<()> {
         let ch = self.channel().await?;
-        let mut pending = Vec::new();
-        for i in 0..n {
+        let messages = (0..n).map(|i| {
             let id = request_id(i);
-            let body = Body::user(&id, Default::default()).encode();
             let props = BasicProperties::default()
                 .with_message_id(id.as_str().into())
                 .with_correlation_id(id.as_str().into())
                 .with_reply_to(reply_to.into())
                 .with_delivery_mode(2);
-            pending.push(
-                ch.basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    props,
-                )
-                .await?,
-            );
-            if pending.len() >= 1000 {
-                for confirm in futures::future::join_all(pending.drain(..)).await {
-                    confirm?;
-                }
-            }
-        }
-        for confirm in futures::future::join_all(pending).await {
-            confirm?;
-        }
-        Ok(())
+            (Body::user(&id, Default::default()).encode(), props)
+        });
+        crate::bench::relay::publish_pipelined(&ch, queue, messages).await
     }
 
     /// Messages ready in `queue`; none while the broker cannot say.

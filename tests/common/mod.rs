@@ -235,3 +235,17 @@ pub async fn answer(broker: &dyn Broker, agent: &str, text: &str, secs: u64) -> 
     .expect("a reply")
     .text
 }
+
+/// `echo` asked "message {i}" in a task of its own, answered within 120 s
+/// (across whatever fault the test injects meanwhile).
+pub fn ask_echo(user: Arc<dyn Broker>, i: usize) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move { answer(user.as_ref(), "echo", &format!("message {i}"), 120).await })
+}
+
+/// Every asked message came back as itself: `waiting` asked `first`,
+/// `first + 1`, ... in order.
+pub async fn expect_echoes(first: usize, waiting: Vec<tokio::task::JoinHandle<String>>) {
+    for (i, w) in waiting.into_iter().enumerate() {
+        assert_eq!(w.await.unwrap(), format!("message {}", first + i));
+    }
+}
