@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
@@ -17,6 +17,9 @@ use crate::broker::{Broker, Envelope, Route};
 use crate::dispatch::{DispatchConfig, Dispatcher, Event};
 use crate::guard::{self, GuardConfig};
 use crate::metrics::Metrics;
+// Kept here too: the counts are the host's, the type lives with the metrics
+// that report them (so that `metrics` does not depend on `host`).
+pub use crate::metrics::PluginCounters;
 use crate::registry::{self, PluginError, Registry};
 use crate::runtime::{AgentLimits, Runtime, RuntimeConfig};
 use crate::status::{AgentStatus, Status};
@@ -33,20 +36,6 @@ pub struct HostConfig {
     pub guard: GuardConfig,
     /// Per-agent sections of the config file: limits, settings, secrets.
     pub agents: std::collections::BTreeMap<String, crate::runtime::settings::AgentSection>,
-}
-
-/// Plugin lifecycle counts, host-wide.
-#[derive(Debug, Default)]
-pub struct PluginCounters {
-    /// Agents loaded where none was.
-    pub loads: AtomicU64,
-    /// Versions replaced by a new one.
-    pub swaps: AtomicU64,
-    /// New versions the guard swapped back out.
-    pub rollbacks: AtomicU64,
-    /// Plugin files refused (invalid, wrong world, bad manifest, ...).
-    pub rejections: AtomicU64,
-    pub removals: AtomicU64,
 }
 
 pub struct Host {

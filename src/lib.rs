@@ -16,7 +16,8 @@
 //!   RabbitMQ through lapin.
 //! - [`contract`] — the body on the wire ⇄ the WIT message an agent sees.
 //! - [`dispatch`] — the loop: delivery → decode → agent → publish → ack, and
-//!   every retry / dead-letter decision with its reason.
+//!   every retry / dead-letter decision with its reason (`dispatch::plan`:
+//!   what an agent's answer becomes — routes, derived ids, backoff).
 //! - [`runtime`] — wasmtime: loading and checking components against the
 //!   world, the compile cache, the WASI sandbox, per-agent instance pools,
 //!   and what an agent is granted beyond it (settings, outbound HTTP).

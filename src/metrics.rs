@@ -10,7 +10,7 @@
 //! the version too: each version's series only grows, and a swapped-out
 //! version's stays at its last value, so `sum by (agent)` is the total.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,7 +20,20 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::broker::Broker;
-use crate::host::PluginCounters;
+
+/// Plugin lifecycle counts, host-wide.
+#[derive(Debug, Default)]
+pub struct PluginCounters {
+    /// Agents loaded where none was.
+    pub loads: AtomicU64,
+    /// Versions replaced by a new one.
+    pub swaps: AtomicU64,
+    /// New versions the guard swapped back out.
+    pub rollbacks: AtomicU64,
+    /// Plugin files refused (invalid, wrong world, bad manifest, ...).
+    pub rejections: AtomicU64,
+    pub removals: AtomicU64,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AgentLabel {
