@@ -52,10 +52,10 @@ mod plan;
 
 pub use crate::contract::to_message;
 
-use plan::{check_sizes, sent};
 pub use plan::{
     backoff, body_envelope, check_agent_name, derive_id, new_id, now_millis, plan, user_envelope,
 };
+use plan::{check_sizes, sent};
 
 /// The queue that takes replies of conversations started without a reply-to.
 pub const REPLIES_QUEUE: &str = "warren_replies";
@@ -248,7 +248,10 @@ impl Dispatcher {
     /// failure while the connection was being lost (its deliveries come
     /// back on the new one) thus leaves no trouble once messages flow.
     fn note_settle_success(&self, agent: &str) {
-        if self.settle_trouble_seen.load(std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .settle_trouble_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             let mut all = self.settle_failures.lock().unwrap();
             all.remove(agent);
             if all.is_empty() {

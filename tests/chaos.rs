@@ -29,7 +29,10 @@ fn chaos(args: &[&str]) -> Vec<Vec<String>> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}\n{stderr}");
-    assert!(out.status.success(), "warren chaos failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "warren chaos failed:\n{stdout}\n{stderr}"
+    );
     let rows: Vec<Vec<String>> = stdout
         .lines()
         .filter(|l| l.starts_with('|') && !l.starts_with("| fault") && !l.starts_with("|--"))
@@ -41,8 +44,17 @@ fn chaos(args: &[&str]) -> Vec<Vec<String>> {
         })
         .collect();
     for row in &rows {
-        let [fault, injected, messages, answered, lost, duplicates, dead, unexpected, _] =
-            &row[..]
+        let [
+            fault,
+            injected,
+            messages,
+            answered,
+            lost,
+            duplicates,
+            dead,
+            unexpected,
+            _,
+        ] = &row[..]
         else {
             panic!("unexpected row {row:?}");
         };

@@ -12,10 +12,10 @@ use common::cluster::cluster;
 use common::http::get;
 use common::rabbit::Vhost;
 use common::*;
+use warren::Broker;
 use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::chaos::Proxy;
 use warren::runtime::InstanceMode;
-use warren::Broker;
 
 fn warren(args: &[&str]) -> (std::process::Output, Duration) {
     let started = Instant::now();

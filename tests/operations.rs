@@ -6,8 +6,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::rabbit::Vhost;
 use common::http::get;
+use common::rabbit::Vhost;
 use common::*;
 use tokio_util::sync::CancellationToken;
 use warren::dispatch::{Event, user_envelope};

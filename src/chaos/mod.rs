@@ -207,7 +207,10 @@ async fn run_row(config: &ChaosConfig, fault: Fault, times: usize) -> Result<Row
         let direct = format!("{}:{}", uri.authority.host, uri.authority.port);
         host_urls[0] = url.replacen(&direct, &proxy.addr.to_string(), 1);
     }
-    let mut args = vec!["--plugins".to_string(), setup.dir.path().display().to_string()];
+    let mut args = vec![
+        "--plugins".to_string(),
+        setup.dir.path().display().to_string(),
+    ];
     for u in &host_urls {
         args.extend(["--amqp-url".to_string(), u.clone()]);
     }
@@ -368,10 +371,11 @@ async fn setup(config: &ChaosConfig, fault: Fault) -> Result<Setup> {
             let uri: lapin::uri::AMQPUri = config.urls[0]
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!(e))?;
-            let upstream = tokio::net::lookup_host((uri.authority.host.as_str(), uri.authority.port))
-                .await?
-                .next()
-                .context("resolving the broker's address")?;
+            let upstream =
+                tokio::net::lookup_host((uri.authority.host.as_str(), uri.authority.port))
+                    .await?
+                    .next()
+                    .context("resolving the broker's address")?;
             Some(Proxy::start(upstream).await?)
         }
         _ => None,
@@ -491,7 +495,13 @@ mod tests {
         let dead = [request_id(3)].into_iter().collect();
         count(&mut row, &seen, &dead);
         assert_eq!(
-            (row.answered, row.duplicates, row.unexpected, row.dead_lettered, row.lost),
+            (
+                row.answered,
+                row.duplicates,
+                row.unexpected,
+                row.dead_lettered,
+                row.lost
+            ),
             (3, 2, 1, 1, 1)
         );
         assert!(!row.ok());

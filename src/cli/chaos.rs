@@ -98,7 +98,10 @@ pub async fn run(c: Chaos) -> Result<()> {
         .map(|r| r.fault.map_or("none", Fault::label))
         .collect();
     if !failed.is_empty() {
-        bail!("messages were lost or left unanswered in: {}", failed.join(", "));
+        bail!(
+            "messages were lost or left unanswered in: {}",
+            failed.join(", ")
+        );
     }
     Ok(())
 }

@@ -32,7 +32,6 @@ pub(super) fn sent(p: &Planned) -> Sent {
     }
 }
 
-
 /// Checks an agent's output and turns it into envelopes: deterministic ids,
 /// the conversation and reply-to carried along, hops + 1.
 pub fn plan(

@@ -141,10 +141,7 @@ impl Nodes {
             .unwrap_or_else(|_| {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no answer within {:?} (the connect timeout)",
-                        self.timeout
-                    ),
+                    format!("no answer within {:?} (the connect timeout)", self.timeout),
                 ))
             });
         match attempt {
@@ -250,8 +247,11 @@ mod tests {
             ["10.0.0.1:5701", "10.0.0.2:5702"]
         );
         assert_eq!(nodes.current(), None);
-        let e = Nodes::parse(&["amqp://u:secret@h:notaport".to_string()], Duration::from_secs(5))
-            .unwrap_err();
+        let e = Nodes::parse(
+            &["amqp://u:secret@h:notaport".to_string()],
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
         assert!(!format!("{e:#}").contains("secret"), "{e:#}");
     }
 }
