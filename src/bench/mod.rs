@@ -6,9 +6,11 @@
 //! its defaults, as a user runs it; the two alternate over several rounds.
 //! The benchmark reports; it asserts nothing.
 //!
-//! - [`relay`] — throughput and latency on RabbitMQ, warren vs raw.
+//! - [`relay`] — throughput on RabbitMQ, warren vs raw, and the settings sweep.
+//! - [`latency`] — latency on RabbitMQ at paced rates, steady and while swapping.
 //! - [`local`] — Wasm call cost, embedded-broker hops, start-up time and RSS.
 
+pub mod latency;
 pub mod local;
 pub mod relay;
 
@@ -232,7 +234,7 @@ pub async fn run(config: &BenchConfig, mut print: impl FnMut(&Table)) -> Result<
             emit(relay::sweep(config).await?, &mut tables);
         }
         if want(TableKind::Latency) {
-            emit(relay::latency(config).await?, &mut tables);
+            emit(latency::latency(config).await?, &mut tables);
         }
     }
     Ok(tables)

@@ -8,7 +8,6 @@
 //! body, calls the Wasm echo agent and encodes its output; the raw relay
 //! forwards bytes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,13 +28,13 @@ use crate::broker::amqp::{AmqpBroker, AmqpConfig};
 use crate::host::Host;
 use crate::wire::Body;
 
-const OUT: &str = "bench_out";
-const RAW_IN: &str = "bench_raw_in";
-const AGENT: &str = "bench_echo";
-const EXCHANGE: &str = "warren_bench";
+pub(super) const OUT: &str = "bench_out";
+pub(super) const RAW_IN: &str = "bench_raw_in";
+pub(super) const AGENT: &str = "bench_echo";
+pub(super) const EXCHANGE: &str = "warren_bench";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
+pub(super) enum Mode {
     /// Persistent messages, publisher confirms, ack after confirm.
     Reliable,
     /// Transient messages, no confirms.
@@ -52,13 +51,13 @@ impl Mode {
 }
 
 /// The benchmark's own connection: declares, preloads, counts, cleans up.
-struct Admin {
+pub(super) struct Admin {
     _conn: Connection,
-    ch: Channel,
+    pub(super) ch: Channel,
 }
 
 impl Admin {
-    async fn connect(url: &str) -> Result<Self> {
+    pub(super) async fn connect(url: &str) -> Result<Self> {
         let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .map_err(|e| {
@@ -72,7 +71,7 @@ impl Admin {
         Ok(Admin { _conn: conn, ch })
     }
 
-    async fn queue(&self, name: &str, durable: bool) -> Result<()> {
+    pub(super) async fn queue(&self, name: &str, durable: bool) -> Result<()> {
         self.ch
             .queue_declare(
                 name.into(),
@@ -89,7 +88,7 @@ impl Admin {
         Ok(())
     }
 
-    async fn count(&self, name: &str) -> Result<u32> {
+    pub(super) async fn count(&self, name: &str) -> Result<u32> {
         let q = self
             .ch
             .queue_declare(
@@ -105,7 +104,7 @@ impl Admin {
     }
 
     /// Publishes `n` echo requests to `queue` (confirms pipelined).
-    async fn preload(&self, queue: &str, n: usize, mode: Mode) -> Result<()> {
+    pub(super) async fn preload(&self, queue: &str, n: usize, mode: Mode) -> Result<()> {
         let body = Body::user(&content(), Default::default()).encode();
         let messages = (0..n).map(|i| {
             let id = format!("bench-{i}");
@@ -119,7 +118,7 @@ impl Admin {
         publish_pipelined(&self.ch, queue, messages).await
     }
 
-    async fn wait_for(&self, queue: &str, n: usize, timeout: Duration) -> Result<()> {
+    pub(super) async fn wait_for(&self, queue: &str, n: usize, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let c = self.count(queue).await? as usize;
@@ -134,7 +133,7 @@ impl Admin {
     }
 
     /// Empties the output queue for a new run; returns the relay's input queue.
-    async fn fresh_run(&self, warren: bool) -> Result<&'static str> {
+    pub(super) async fn fresh_run(&self, warren: bool) -> Result<&'static str> {
         self.ch
             .queue_purge(OUT.into(), QueuePurgeOptions::default())
             .await?;
@@ -145,7 +144,7 @@ impl Admin {
         })
     }
 
-    async fn cleanup(&self) {
+    pub(super) async fn cleanup(&self) {
         for q in [
             OUT,
             RAW_IN,
@@ -196,14 +195,19 @@ pub(crate) async fn publish_pipelined(
 }
 
 /// The raw relay: C consumers, prefetch P, publish → confirm → ack.
-struct RawRelay {
+pub(super) struct RawRelay {
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
     _conn: Connection,
 }
 
 impl RawRelay {
-    async fn start(config: &BenchConfig, shape: Shape, mode: Mode, headers: bool) -> Result<Self> {
+    pub(super) async fn start(
+        config: &BenchConfig,
+        shape: Shape,
+        mode: Mode,
+        headers: bool,
+    ) -> Result<Self> {
         let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
         let publish = conn.create_channel().await?;
         if mode == Mode::Reliable {
@@ -257,7 +261,7 @@ impl RawRelay {
         })
     }
 
-    async fn stop(self) -> Result<()> {
+    pub(super) async fn stop(self) -> Result<()> {
         self.stop.cancel();
         for t in self.tasks {
             t.await??;
@@ -319,13 +323,14 @@ async fn relay_one(
 }
 
 /// warren as the relay: a host with the echo agent as `bench_echo`.
-struct WarrenRelay {
-    host: Arc<Host>,
-    _dir: tempfile::TempDir,
+pub(super) struct WarrenRelay {
+    pub(super) host: Arc<Host>,
+    /// The agent's plugins folder (the latency run swaps its file).
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl WarrenRelay {
-    async fn start(config: &BenchConfig, shape: Shape, mode: Mode) -> Result<Self> {
+    pub(super) async fn start(config: &BenchConfig, shape: Shape, mode: Mode) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::copy(
             config.plugins.join("echo.wasm"),
@@ -344,12 +349,12 @@ impl WarrenRelay {
         if loaded.is_empty() {
             bail!("the echo agent did not load");
         }
-        Ok(WarrenRelay { host, _dir: dir })
+        Ok(WarrenRelay { host, dir })
     }
 }
 
 /// Declares warren's topology once (with consumers stopped) so messages can be preloaded.
-async fn declare_warren(config: &BenchConfig) -> Result<()> {
+pub(super) async fn declare_warren(config: &BenchConfig) -> Result<()> {
     let amqp = AmqpBroker::connect(AmqpConfig {
         exchange: EXCHANGE.into(),
         ..AmqpConfig::new(config.amqp_url.clone())
@@ -513,215 +518,4 @@ pub async fn sweep(config: &BenchConfig) -> Result<Table> {
         Ok(t)
     })
     .await
-}
-
-/// How often the swapping latency run replaces the agent's file.
-const SWAP_EVERY: Duration = Duration::from_millis(250);
-
-/// Replaces the warren relay's agent file every [`SWAP_EVERY`], alternating
-/// two versions, through the folder watcher (as an operator would).
-struct Swapper {
-    _watcher: crate::watch::PluginWatcher,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Swapper {
-    fn start(relay: &WarrenRelay) -> Result<Self> {
-        let watcher = crate::watch::watch(relay.host.clone(), relay._dir.path())?;
-        let path = relay._dir.path().join(format!("{AGENT}.wasm"));
-        let v1 = std::fs::read(&path)?;
-        let v2 = super::local::distinct_copy(&v1, "swap");
-        let task = tokio::spawn(async move {
-            for i in 0.. {
-                tokio::time::sleep(SWAP_EVERY).await;
-                let bytes = if i % 2 == 0 { &v2 } else { &v1 };
-                if let Err(e) = std::fs::write(&path, bytes) {
-                    tracing::error!("swapping {}: {e}", path.display());
-                }
-            }
-        });
-        Ok(Swapper {
-            _watcher: watcher,
-            task,
-        })
-    }
-}
-
-impl Drop for Swapper {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Offers `rate` msg/s for the configured time; returns sorted latencies
-/// and, when `swapping`, how many times the agent was swapped meanwhile.
-async fn latency_once(
-    config: &BenchConfig,
-    admin: &Admin,
-    warren: bool,
-    swapping: bool,
-    rate: u32,
-) -> Result<(Vec<Duration>, u64)> {
-    let input = admin.fresh_run(warren).await?;
-    let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
-
-    enum Running {
-        Warren(WarrenRelay),
-        Raw(RawRelay),
-    }
-    let mut swapper = None;
-    let relay = if warren {
-        let relay = WarrenRelay::start(config, Shape::defaults(), Mode::Reliable).await?;
-        if swapping {
-            swapper = Some(Swapper::start(&relay)?);
-        }
-        Running::Warren(relay)
-    } else {
-        Running::Raw(RawRelay::start(config, config.raw_shapes[0], Mode::Reliable, false).await?)
-    };
-
-    // The receiving side: timestamps on arrival, keyed by correlation id.
-    let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
-    let rx = conn.create_channel().await?;
-    let mut consumer = rx
-        .basic_consume(
-            OUT.into(),
-            "latency".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let receiver = tokio::spawn(async move {
-        let mut arrived: HashMap<String, Instant> = HashMap::with_capacity(n);
-        while arrived.len() < n {
-            match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
-                Ok(Some(Ok(d))) => {
-                    let id = d
-                        .properties
-                        .correlation_id()
-                        .as_ref()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default();
-                    arrived.entry(id).or_insert_with(Instant::now);
-                }
-                _ => break,
-            }
-        }
-        arrived
-    });
-
-    let body = Body::user(&content(), Default::default()).encode();
-    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(n);
-    let mut confirms = Vec::with_capacity(n);
-    let start = tokio::time::Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    for i in 0..n {
-        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
-        let id = format!("lat-{i}");
-        let props = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_correlation_id(id.as_str().into())
-            .with_reply_to(OUT.into())
-            .with_delivery_mode(2);
-        sent.insert(id, Instant::now());
-        confirms.push(
-            admin
-                .ch
-                .basic_publish(
-                    "".into(),
-                    input.into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    props,
-                )
-                .await?,
-        );
-    }
-    for c in futures::future::join_all(confirms).await {
-        c?;
-    }
-    let arrived = receiver.await?;
-    drop(swapper);
-    let swaps = match relay {
-        Running::Warren(w) => {
-            let swaps = w
-                .host
-                .counters()
-                .swaps
-                .load(std::sync::atomic::Ordering::Relaxed);
-            w.host.shutdown().await;
-            swaps
-        }
-        Running::Raw(r) => {
-            r.stop().await?;
-            0
-        }
-    };
-    if arrived.len() < n {
-        bail!("latency run lost track: {} of {n} arrived", arrived.len());
-    }
-    let mut lat: Vec<Duration> = arrived
-        .iter()
-        .filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s)))
-        .collect();
-    lat.sort();
-    Ok((lat, swaps))
-}
-
-fn pct(lat: &[Duration], p: f64) -> String {
-    if lat.is_empty() {
-        return "-".into();
-    }
-    let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-    format!("{:.2}", lat[i].as_secs_f64() * 1e3)
-}
-
-pub async fn latency(config: &BenchConfig) -> Result<Table> {
-    let admin = Admin::connect(&config.amqp_url).await?;
-    let result = async {
-        let mut t = Table::new(
-            &format!(
-                "RabbitMQ end-to-end latency, persistent + confirms ({} s per run), ms",
-                config.latency_seconds
-            ),
-            &["offered rate", "relay", "p50", "p99", "max", "swaps"],
-        );
-        declare_warren(config).await?;
-        admin.queue(OUT, true).await?;
-        admin.queue(RAW_IN, true).await?;
-        for &rate in &config.rates {
-            for (warren, swapping, label) in [
-                (true, false, "warren"),
-                (true, true, "warren, swapping"),
-                (false, false, "raw lapin"),
-            ] {
-                let (lat, swaps) = latency_once(config, &admin, warren, swapping, rate).await?;
-                t.row(vec![
-                    format!("{rate} msg/s"),
-                    label.into(),
-                    pct(&lat, 0.5),
-                    pct(&lat, 0.99),
-                    pct(&lat, 1.0),
-                    if swapping {
-                        swaps.to_string()
-                    } else {
-                        "-".into()
-                    },
-                ]);
-            }
-        }
-        t.note = Some(format!(
-            "From just before the publish to arrival at a consumer of the output queue. \
-                 \"swapping\": the agent's file is replaced every {} ms (two versions, \
-                 alternating) through the folder watcher while the load runs.",
-            SWAP_EVERY.as_millis()
-        ));
-        Ok(t)
-    }
-    .await;
-    admin.cleanup().await;
-    result
 }

@@ -1,0 +1,227 @@
+//! End-to-end latency on RabbitMQ at paced rates: warren (steady, and
+//! while its agent is swapped every 250 ms) against the raw lapin relay.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+use super::local::content;
+use super::relay::{AGENT, Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, declare_warren};
+use super::{BenchConfig, Shape, Table};
+use crate::wire::Body;
+
+/// How often the swapping latency run replaces the agent's file.
+const SWAP_EVERY: Duration = Duration::from_millis(250);
+
+/// Replaces the warren relay's agent file every [`SWAP_EVERY`], alternating
+/// two versions, through the folder watcher (as an operator would).
+struct Swapper {
+    _watcher: crate::watch::PluginWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Swapper {
+    fn start(relay: &WarrenRelay) -> Result<Self> {
+        let watcher = crate::watch::watch(relay.host.clone(), relay.dir.path())?;
+        let path = relay.dir.path().join(format!("{AGENT}.wasm"));
+        let v1 = std::fs::read(&path)?;
+        let v2 = super::local::distinct_copy(&v1, "swap");
+        let task = tokio::spawn(async move {
+            for i in 0.. {
+                tokio::time::sleep(SWAP_EVERY).await;
+                let bytes = if i % 2 == 0 { &v2 } else { &v1 };
+                if let Err(e) = std::fs::write(&path, bytes) {
+                    tracing::error!("swapping {}: {e}", path.display());
+                }
+            }
+        });
+        Ok(Swapper {
+            _watcher: watcher,
+            task,
+        })
+    }
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Offers `rate` msg/s for the configured time; returns sorted latencies
+/// and, when `swapping`, how many times the agent was swapped meanwhile.
+async fn latency_once(
+    config: &BenchConfig,
+    admin: &Admin,
+    warren: bool,
+    swapping: bool,
+    rate: u32,
+) -> Result<(Vec<Duration>, u64)> {
+    let input = admin.fresh_run(warren).await?;
+    let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
+
+    enum Running {
+        Warren(WarrenRelay),
+        Raw(RawRelay),
+    }
+    let mut swapper = None;
+    let relay = if warren {
+        let relay = WarrenRelay::start(config, Shape::defaults(), Mode::Reliable).await?;
+        if swapping {
+            swapper = Some(Swapper::start(&relay)?);
+        }
+        Running::Warren(relay)
+    } else {
+        Running::Raw(RawRelay::start(config, config.raw_shapes[0], Mode::Reliable, false).await?)
+    };
+
+    // The receiving side: timestamps on arrival, keyed by correlation id.
+    let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
+    let rx = conn.create_channel().await?;
+    let mut consumer = rx
+        .basic_consume(
+            OUT.into(),
+            "latency".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let receiver = tokio::spawn(async move {
+        let mut arrived: HashMap<String, Instant> = HashMap::with_capacity(n);
+        while arrived.len() < n {
+            match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    let id = d
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default();
+                    arrived.entry(id).or_insert_with(Instant::now);
+                }
+                _ => break,
+            }
+        }
+        arrived
+    });
+
+    let body = Body::user(&content(), Default::default()).encode();
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(n);
+    let mut confirms = Vec::with_capacity(n);
+    let start = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    for i in 0..n {
+        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+        let id = format!("lat-{i}");
+        let props = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_correlation_id(id.as_str().into())
+            .with_reply_to(OUT.into())
+            .with_delivery_mode(2);
+        sent.insert(id, Instant::now());
+        confirms.push(
+            admin
+                .ch
+                .basic_publish(
+                    "".into(),
+                    input.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await?,
+        );
+    }
+    for c in futures::future::join_all(confirms).await {
+        c?;
+    }
+    let arrived = receiver.await?;
+    drop(swapper);
+    let swaps = match relay {
+        Running::Warren(w) => {
+            let swaps = w
+                .host
+                .counters()
+                .swaps
+                .load(std::sync::atomic::Ordering::Relaxed);
+            w.host.shutdown().await;
+            swaps
+        }
+        Running::Raw(r) => {
+            r.stop().await?;
+            0
+        }
+    };
+    if arrived.len() < n {
+        bail!("latency run lost track: {} of {n} arrived", arrived.len());
+    }
+    let mut lat: Vec<Duration> = arrived
+        .iter()
+        .filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s)))
+        .collect();
+    lat.sort();
+    Ok((lat, swaps))
+}
+
+fn pct(lat: &[Duration], p: f64) -> String {
+    if lat.is_empty() {
+        return "-".into();
+    }
+    let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+    format!("{:.2}", lat[i].as_secs_f64() * 1e3)
+}
+
+pub async fn latency(config: &BenchConfig) -> Result<Table> {
+    let admin = Admin::connect(&config.amqp_url).await?;
+    let result = async {
+        let mut t = Table::new(
+            &format!(
+                "RabbitMQ end-to-end latency, persistent + confirms ({} s per run), ms",
+                config.latency_seconds
+            ),
+            &["offered rate", "relay", "p50", "p99", "max", "swaps"],
+        );
+        declare_warren(config).await?;
+        admin.queue(OUT, true).await?;
+        admin.queue(RAW_IN, true).await?;
+        for &rate in &config.rates {
+            for (warren, swapping, label) in [
+                (true, false, "warren"),
+                (true, true, "warren, swapping"),
+                (false, false, "raw lapin"),
+            ] {
+                let (lat, swaps) = latency_once(config, &admin, warren, swapping, rate).await?;
+                t.row(vec![
+                    format!("{rate} msg/s"),
+                    label.into(),
+                    pct(&lat, 0.5),
+                    pct(&lat, 0.99),
+                    pct(&lat, 1.0),
+                    if swapping {
+                        swaps.to_string()
+                    } else {
+                        "-".into()
+                    },
+                ]);
+            }
+        }
+        t.note = Some(format!(
+            "From just before the publish to arrival at a consumer of the output queue. \
+                 \"swapping\": the agent's file is replaced every {} ms (two versions, \
+                 alternating) through the folder watcher while the load runs.",
+            SWAP_EVERY.as_millis()
+        ));
+        Ok(t)
+    }
+    .await;
+    admin.cleanup().await;
+    result
+}
