@@ -44,6 +44,10 @@ enum Request {
         agent: String,
         action: crate::dlq::Op,
     },
+    Trace {
+        conversation_id: String,
+        wait_ms: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +56,7 @@ enum Response {
     Status(Status),
     Sent(SendOutcome),
     Dlq(crate::dlq::Answer),
+    Trace(crate::trace::peers::Trace),
     Error(String),
 }
 
@@ -124,24 +129,17 @@ async fn answer(host: Arc<Host>, stream: UnixStream) -> Result<()> {
                 Err(e) => Response::Error(format!("{e:#}")),
             }
         }
-        Ok(Request::Dlq { agent, action }) => {
-            // A replay right after a new file was dropped in goes to the new
-            // version: wait for its swap (a compile takes seconds).
-            if matches!(action, crate::dlq::Op::Replay { .. }) {
-                let agent = crate::names::normalise(&agent);
-                if host
-                    .registry()
-                    .wait_loaded(&agent, Duration::from_secs(60))
-                    .await
-                {
-                    tracing::info!(agent, "replay waited for the agent's new version to load");
-                }
-            }
-            match crate::dlq::run(host.broker().as_ref(), &agent, action).await {
-                Ok(answer) => Response::Dlq(answer),
-                Err(e) => Response::Error(format!("{e:#}")),
-            }
-        }
+        Ok(Request::Dlq { agent, action }) => match host.dlq(&agent, action).await {
+            Ok(answer) => Response::Dlq(answer),
+            Err(e) => Response::Error(format!("{e:#}")),
+        },
+        Ok(Request::Trace {
+            conversation_id,
+            wait_ms,
+        }) => Response::Trace(
+            host.trace(&conversation_id, Duration::from_millis(wait_ms.min(10_000)))
+                .await,
+        ),
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
@@ -222,6 +220,22 @@ pub async fn dlq(path: &Path, agent: &str, op: crate::dlq::Op) -> Result<crate::
     };
     match request(path, &req, Duration::from_secs(60) + waits).await? {
         Response::Dlq(a) => Ok(a),
+        Response::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+pub async fn trace(
+    path: &Path,
+    conversation_id: &str,
+    wait: Duration,
+) -> Result<crate::trace::peers::Trace> {
+    let req = Request::Trace {
+        conversation_id: conversation_id.into(),
+        wait_ms: wait.as_millis() as u64,
+    };
+    match request(path, &req, wait + Duration::from_secs(10)).await? {
+        Response::Trace(t) => Ok(t),
         Response::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer {other:?}"),
     }

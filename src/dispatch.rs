@@ -46,6 +46,7 @@ use crate::broker::{
 use crate::metrics::{AgentMetrics, Metrics};
 use crate::registry::Registry;
 use crate::runtime::Failure;
+use crate::trace::{HopEnd, HopStart, Outcome, TraceLog};
 use crate::wire::Body;
 
 mod plan;
@@ -170,6 +171,8 @@ pub struct Dispatcher {
     config: DispatchConfig,
     events: broadcast::Sender<Event>,
     metrics: Arc<Metrics>,
+    /// Every delivery's hop, for conversation traces.
+    trace: Arc<TraceLog>,
     /// Per agent, the latest reason a message was retried or dead-lettered.
     last_errors: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Per agent, failed settlements: how many, the latest reason and when.
@@ -194,6 +197,7 @@ impl Dispatcher {
         registry: Arc<Registry>,
         config: DispatchConfig,
         metrics: Arc<Metrics>,
+        trace: Arc<TraceLog>,
     ) -> Self {
         Dispatcher {
             broker,
@@ -201,6 +205,7 @@ impl Dispatcher {
             config,
             events: broadcast::channel(1024).0,
             metrics,
+            trace,
             last_errors: Default::default(),
             settle_failures: Default::default(),
             settle_trouble_seen: Default::default(),
@@ -342,7 +347,13 @@ impl Dispatcher {
         let id = delivery.envelope.id.clone();
         let conversation = delivery.envelope.conversation_id.clone();
         let attempt = delivery.envelope.attempt;
-        let verdict = self.decide(agent, m, &delivery.envelope).await;
+        let hop = self
+            .trace
+            .enabled()
+            .then(|| HopStart::new(&delivery.envelope));
+        let mut call = Call::default();
+        let verdict = self.decide(agent, m, &delivery.envelope, &mut call).await;
+        let mut published = Vec::new();
         let settled = match verdict {
             Verdict::Publish { planned, version } => {
                 let conversation_id = delivery.envelope.conversation_id.clone();
@@ -362,7 +373,8 @@ impl Dispatcher {
                                 outgoing: planned.iter().map(sent).collect(),
                             });
                         }
-                        r
+                        published = planned;
+                        r.map(|()| Outcome::Handled)
                     }
                     Err(e) => {
                         m.failure("publish");
@@ -392,20 +404,47 @@ impl Dispatcher {
                 tokio::time::sleep(NOT_LOADED_PAUSE).await;
                 // Dropped unsettled: the transport gives it back to its queue.
                 drop(delivery);
-                Ok(())
+                Ok(Outcome::Requeued { reason })
             }
             Verdict::DeadLetter(reason) => self.dead_letter(agent, m, delivery, reason).await,
         };
-        if let Err(e) = settled {
-            let reason = bounded(&format!("{e:#}"), MAX_REASON_BYTES).into_owned();
-            warn!(
-                agent,
-                id, conversation, "settling the message failed: {reason}"
+        let outcome = match settled {
+            Err(e) => {
+                let reason = bounded(&format!("{e:#}"), MAX_REASON_BYTES).into_owned();
+                warn!(
+                    agent,
+                    id, conversation, "settling the message failed: {reason}"
+                );
+                m.failure("settle");
+                self.note_settle_failure(agent, reason.clone());
+                Outcome::SettleFailed { reason }
+            }
+            Ok(outcome) => {
+                self.note_settle_success(agent);
+                outcome
+            }
+        };
+        if let Some(hop) = hop {
+            let sent = published
+                .iter()
+                .map(|p| {
+                    (
+                        p.envelope.id.clone(),
+                        p.route.tag(),
+                        p.envelope.body.as_slice(),
+                    )
+                })
+                .collect();
+            self.trace.record(
+                hop,
+                HopEnd {
+                    agent,
+                    version: call.version,
+                    guest: call.guest,
+                    outcome,
+                    sent,
+                },
             );
-            m.failure("settle");
-            self.note_settle_failure(agent, reason);
-        } else {
-            self.note_settle_success(agent);
         }
     }
 
@@ -433,7 +472,13 @@ impl Dispatcher {
         }
     }
 
-    async fn decide(&self, agent: &str, m: &AgentMetrics, env: &Envelope) -> Verdict {
+    async fn decide(
+        &self,
+        agent: &str,
+        m: &AgentMetrics,
+        env: &Envelope,
+        call: &mut Call,
+    ) -> Verdict {
         if let Some(bad) = env.headers.get(HEADER_BAD) {
             m.failure("bad-header");
             return Verdict::DeadLetter(format!(
@@ -482,7 +527,10 @@ impl Dispatcher {
         let msg = to_message(agent, env, &body);
         let called = std::time::Instant::now();
         let answer = pool.call(&msg).await;
-        m.guest_seconds.observe(called.elapsed().as_secs_f64());
+        let guest = called.elapsed();
+        m.guest_seconds.observe(guest.as_secs_f64());
+        call.guest = Some(guest);
+        call.version = Some(pool.version().to_string());
         match answer {
             Ok(Ok(outgoing)) if outgoing.len() > limits.max_outgoing => {
                 m.failure("invalid-output");
@@ -586,7 +634,7 @@ impl Dispatcher {
         mut delivery: Delivery,
         reason: String,
         trap: bool,
-    ) -> Result<()> {
+    ) -> Result<Outcome> {
         let reason = bounded(&reason, MAX_REASON_BYTES).into_owned();
         let attempt = delivery.envelope.attempt;
         if trap {
@@ -628,9 +676,12 @@ impl Dispatcher {
             id,
             attempt,
             delay_ms: delay.as_millis() as u64,
-            reason,
+            reason: reason.clone(),
         });
-        Ok(())
+        Ok(Outcome::Retried {
+            delay_ms: delay.as_millis() as u64,
+            reason,
+        })
     }
 
     async fn dead_letter(
@@ -639,7 +690,7 @@ impl Dispatcher {
         m: &AgentMetrics,
         delivery: Delivery,
         reason: String,
-    ) -> Result<()> {
+    ) -> Result<Outcome> {
         let reason = bounded(&reason, MAX_REASON_BYTES).into_owned();
         let id = delivery.envelope.id.clone();
         let notice = delivery.envelope.dead_letter_notice(agent, &reason);
@@ -656,9 +707,9 @@ impl Dispatcher {
         self.emit(Event::DeadLettered {
             agent: agent.into(),
             id,
-            reason,
+            reason: reason.clone(),
         });
-        Ok(())
+        Ok(Outcome::DeadLettered { reason })
     }
 }
 
@@ -675,6 +726,13 @@ impl Dispatcher {
             );
         }
     }
+}
+
+/// What a delivery's guest call was, for its trace.
+#[derive(Default)]
+struct Call {
+    version: Option<String>,
+    guest: Option<Duration>,
 }
 
 enum Verdict {

@@ -23,6 +23,11 @@ pub use crate::metrics::PluginCounters;
 use crate::registry::{self, PluginError, Registry};
 use crate::runtime::{AgentLimits, Runtime, RuntimeConfig};
 use crate::status::{AgentStatus, Status};
+use crate::trace::TraceLog;
+
+mod traces;
+
+pub use traces::remote_trace;
 
 /// How long shutdown waits for in-flight messages.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -36,6 +41,8 @@ pub struct HostConfig {
     pub guard: GuardConfig,
     /// Per-agent sections of the config file: limits, settings, secrets.
     pub agents: std::collections::BTreeMap<String, crate::runtime::settings::AgentSection>,
+    /// Hops kept for conversation traces.
+    pub trace: crate::trace::TraceConfig,
 }
 
 pub struct Host {
@@ -53,6 +60,8 @@ pub struct Host {
     counters: Arc<PluginCounters>,
     metrics: Arc<Metrics>,
     overrides: std::collections::BTreeMap<String, crate::runtime::settings::AgentSection>,
+    trace: Arc<TraceLog>,
+    started: std::time::Instant,
 }
 
 /// Whether the host can do its job, and if not, why (`/readyz`).
@@ -82,11 +91,13 @@ impl Host {
         let runtime = Runtime::new(config.runtime)?;
         let registry = Arc::new(Registry::new());
         let metrics = Arc::new(Metrics::new());
+        let trace = TraceLog::new(config.trace.capacity);
         let dispatcher = Arc::new(Dispatcher::new(
             broker.clone(),
             registry.clone(),
             config.dispatch,
             metrics.clone(),
+            trace.clone(),
         ));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -94,7 +105,7 @@ impl Host {
             let (broker, shutdown) = (broker.clone(), shutdown.clone());
             tasks.spawn(async move { broker.keep_unroutable(shutdown).await });
         }
-        Ok(Arc::new(Host {
+        let host = Arc::new(Host {
             broker,
             limits,
             runtime,
@@ -107,7 +118,25 @@ impl Host {
             counters: Arc::default(),
             metrics,
             overrides: config.agents,
-        }))
+            trace,
+            started: std::time::Instant::now(),
+        });
+        // Other hosts on the broker ask for this one's hops (traces).
+        let answers = traces::answerer(&host);
+        let (broker, shutdown) = (host.broker.clone(), host.shutdown.clone());
+        host.tasks
+            .spawn(async move { broker.answer_peers(answers, shutdown).await });
+        Ok(host)
+    }
+
+    /// This host's hops, for traces.
+    pub fn trace_log(&self) -> &Arc<TraceLog> {
+        &self.trace
+    }
+
+    /// How long this host has been up.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -451,6 +480,23 @@ impl Host {
         self.broker
             .publish(&Route::Agent(agent.to_string()), envelope)
             .await
+    }
+
+    /// A dead-letter operation on this host's broker. A replay right after
+    /// a new file was dropped in goes to the new version: it waits for the
+    /// swap first (a compile takes seconds).
+    pub async fn dlq(&self, agent: &str, op: crate::dlq::Op) -> Result<crate::dlq::Answer> {
+        if matches!(op, crate::dlq::Op::Replay { .. }) {
+            let agent = crate::names::normalise(agent);
+            if self
+                .registry
+                .wait_loaded(&agent, std::time::Duration::from_secs(60))
+                .await
+            {
+                info!(agent, "replay waited for the agent's new version to load");
+            }
+        }
+        crate::dlq::run(self.broker.as_ref(), agent, op).await
     }
 
     /// Queue health joined with what the runtime knows of each agent.

@@ -1,6 +1,7 @@
 //! The operator's HTTP endpoint: `/metrics` (Prometheus), `/healthz`
 //! (the process answers) and `/readyz` (the broker is connected and every
-//! plugin file is loaded), each with a JSON body that says what is wrong.
+//! plugin file is loaded), each with a JSON body that says what is wrong;
+//! and the web console at `/` with its JSON API (see [`crate::console`]).
 //!
 //! `warren run` binds it before it connects to its broker, so that an
 //! orchestrator sees a host that waits for RabbitMQ as alive and not ready
@@ -8,7 +9,7 @@
 //! [`Endpoint`] holds the host once there is one.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use axum::Router;
@@ -19,21 +20,29 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::console::{Console, HostSlot};
 use crate::host::{Host, Readiness};
 
 /// What the endpoint serves: the host, or, before there is one, what it
 /// waits for.
 #[derive(Default)]
 pub struct Endpoint {
-    host: OnceLock<Arc<Host>>,
+    host: HostSlot,
     /// The broker being waited for and the latest connection error.
     waiting: Mutex<(String, Option<String>)>,
+    /// The console's token for replay and purge from other than loopback.
+    console_token: Option<String>,
 }
 
 impl Endpoint {
-    /// An endpoint whose host is still connecting to `broker` (redacted).
-    pub fn waiting(broker: impl Into<String>) -> Arc<Self> {
-        let endpoint = Endpoint::default();
+    /// An endpoint whose host is still connecting to `broker` (redacted);
+    /// `console_token` lets the console's replay and purge through from
+    /// other machines.
+    pub fn waiting(broker: impl Into<String>, console_token: Option<String>) -> Arc<Self> {
+        let endpoint = Endpoint {
+            console_token,
+            ..Default::default()
+        };
         endpoint.waiting.lock().unwrap().0 = broker.into();
         Arc::new(endpoint)
     }
@@ -86,21 +95,27 @@ pub async fn bind_endpoint(
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, impl Future<Output = Result<()>>)> {
+    let console = Console::new(endpoint.host.clone(), endpoint.console_token.clone());
+    tokio::spawn(console.clone().sample(shutdown.clone()));
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(endpoint);
+        .with_state(endpoint)
+        .merge(crate::console::router(console));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("binding the HTTP endpoint to {addr} (--http; --no-http turns it off)")
     })?;
     let bound = listener.local_addr()?;
-    info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
+    info!("console on http://{bound}/, metrics on /metrics, health on /healthz and /readyz");
     let serve = async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("the HTTP endpoint failed")
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("the HTTP endpoint failed")
     };
     Ok((bound, serve))
 }

@@ -25,7 +25,9 @@
 //! - [`watch`] — the live plugins folder: add, replace, remove on file events.
 //! - [`guard`] — the rollback guard for a freshly swapped-in version.
 //! - [`host`] — ties them together: load a plugins folder, run consumers,
-//!   report status, shut down gracefully.
+//!   report status, serve traces, shut down gracefully.
+//! - [`trace`] — every delivery's hop in a bounded ring per host; a
+//!   conversation's trace assembled across the hosts of a broker.
 //!
 //! Around it:
 //!
@@ -39,6 +41,8 @@
 //! - [`dlq`] — `warren dlq`: list, show, replay, purge dead letters.
 //! - [`logging`] — log filters that keep message bodies out of every line.
 //! - [`metrics`] and [`http`] — Prometheus `/metrics`, `/healthz`, `/readyz`.
+//! - [`console`] — the web console at `/` and its JSON API: agents, dead
+//!   letters (replay, purge), conversation traces, the host.
 //! - [`testbench`] — `warren test`: one plugin, no broker.
 //! - [`scaffold`] — `warren new`: a new agent project in Rust, Python or JS.
 //! - [`demo`] — `warren demo`: the Agent A → Agent B handoff.
@@ -53,6 +57,7 @@ pub mod broker;
 pub mod chaos;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod contract;
 pub mod control;
 pub mod demo;
@@ -70,6 +75,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod status;
 pub mod testbench;
+pub mod trace;
 pub mod watch;
 pub mod wire;
 

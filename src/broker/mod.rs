@@ -366,6 +366,10 @@ pub trait Consumer: Send {
     async fn stop(self: Box<Self>) {}
 }
 
+/// How a host answers another's question: the answer's bytes, or none
+/// (not a question for it).
+pub type PeerAnswers = std::sync::Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
+
 /// The transport as dispatch sees it.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -406,6 +410,23 @@ pub trait Broker: Send + Sync + 'static {
     /// Keeps what no queue took (see [`amqp::UNROUTABLE`]) in the right
     /// dead-letter queue, until `shutdown`. A host runs it.
     async fn keep_unroutable(&self, shutdown: tokio_util::sync::CancellationToken) {
+        shutdown.cancelled().await
+    }
+
+    /// Asks every host on this broker `question` (for traces, see
+    /// [`crate::trace`]) and returns the answers that came within `wait`.
+    /// Hosts share nothing on the embedded broker: no one to ask.
+    async fn ask_peers(&self, _question: Vec<u8>, _wait: Duration) -> Result<Vec<Vec<u8>>> {
+        Ok(Vec::new())
+    }
+
+    /// Answers other hosts' questions with `answer` until `shutdown`. A host
+    /// runs it.
+    async fn answer_peers(
+        &self,
+        _answer: PeerAnswers,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
         shutdown.cancelled().await
     }
 

@@ -34,6 +34,10 @@ pub struct HostArgs {
     /// Roll a new version back if more than this share of those calls failed.
     #[arg(long, default_value_t = 0.5)]
     pub rollback_share: f64,
+    /// Hops this host keeps for conversation traces (the console's trace
+    /// view, `warren trace`): a ring, the oldest go first (0: none kept).
+    #[arg(long, env = "WARREN_TRACE_HOPS", default_value_t = warren::trace::DEFAULT_CAPACITY)]
+    pub trace_hops: usize,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
@@ -58,6 +62,11 @@ pub struct RunArgs {
     /// No HTTP endpoint.
     #[arg(long)]
     pub no_http: bool,
+    /// Lets the console's replay and purge through from other machines
+    /// (sent as `Authorization: Bearer TOKEN`); without it only requests
+    /// from this machine may change dead letters.
+    #[arg(long, env = "WARREN_CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
 }
 
 /// How `send`, `status` and `dlq` reach warren: RabbitMQ when a URL is
@@ -109,7 +118,7 @@ pub struct BrokerArgs {
 }
 
 /// Seconds above 0 and at most an hour.
-fn positive_secs(text: &str) -> Result<f64, String> {
+pub fn positive_secs(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(s),
         _ => Err(format!("`{text}`: give seconds above 0 and at most 3600")),
@@ -294,6 +303,9 @@ impl HostArgs {
                 max_failure_share: self.rollback_share,
             },
             agents: super::agent_sections().clone(),
+            trace: warren::trace::TraceConfig {
+                capacity: self.trace_hops,
+            },
         }
     }
 }

@@ -13,6 +13,7 @@ mod run;
 mod send;
 mod status;
 mod test;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -53,6 +54,9 @@ enum Command {
     Status(status::StatusCmd),
     /// Test one plugin with no broker: JSON-line bodies in, outgoing messages out.
     Test(test::Test),
+    /// One conversation, hop by hop: agents, versions, attempts, timings,
+    /// outcomes, across every host (the console shows the same at `/`).
+    Trace(trace::Trace),
     /// Dead letters: list, show, replay (after fixing the agent) or purge.
     Dlq {
         #[command(subcommand)]
@@ -131,6 +135,7 @@ pub async fn main() -> std::process::ExitCode {
         Command::Run(c) => run::run(c).await,
         Command::Send(c) => send::run(c).await,
         Command::Status(c) => status::run(c).await,
+        Command::Trace(c) => trace::run(c).await,
         Command::Test(c) => test::run(c).await,
         Command::Dlq { op } => dlq::run(op).await,
         Command::Config(_) => config::run(&matches),

@@ -25,21 +25,24 @@ pub async fn run(Run { run }: Run) -> Result<()> {
         control,
         http,
         no_http,
+        console_token,
     } = run;
-    run_host(host, (broker, queues), control, (!no_http).then_some(http)).await
+    let http = (!no_http).then_some((http, console_token));
+    run_host(host, (broker, queues), control, http).await
 }
 
 async fn run_host(
     args: HostArgs,
     (broker, queues): (BrokerArgs, QueueArgs),
     control_path: PathBuf,
-    http: Option<std::net::SocketAddr>,
+    http: Option<(std::net::SocketAddr, Option<String>)>,
 ) -> Result<()> {
     // The HTTP endpoint comes first: a port another host holds is found
     // before waiting for the broker and loading every agent (which can take
     // seconds), and `/readyz` says 503 while the broker is waited for.
     let stop = CancellationToken::new();
-    let endpoint = warren::http::Endpoint::waiting(broker.describe());
+    let (http, console_token) = http.unzip();
+    let endpoint = warren::http::Endpoint::waiting(broker.describe(), console_token.flatten());
     let mut http_server = match http {
         Some(addr) => {
             let (_, serve) =

@@ -65,6 +65,17 @@ impl AgentSettings {
             .cloned()
     }
 
+    /// Settings holding only these secrets (tests).
+    pub fn with_secrets<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        AgentSettings {
+            values: BTreeMap::new(),
+            secrets: secrets
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
     /// `text` with every secret value replaced by `***`.
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);

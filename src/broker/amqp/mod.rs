@@ -35,6 +35,7 @@
 //! - `headers` — an [`Envelope`] to AMQP properties and back;
 //! - `consume` — consumers and settling a delivery (ack, retry, dead-letter);
 //! - `dead_letters` — reading, replaying and purging a dead-letter queue;
+//! - `peers` — hosts asking each other (traces), off the message path;
 //! - `unroutable` — the agent exchange's alternate exchange, and moving what
 //!   lands there to a dead-letter queue.
 
@@ -43,6 +44,7 @@ mod consume;
 mod dead_letters;
 mod headers;
 mod nodes;
+mod peers;
 mod publish;
 mod topology;
 mod unroutable;
@@ -237,6 +239,18 @@ impl Broker for AmqpBroker {
                 }
             }
         }
+    }
+
+    async fn ask_peers(&self, question: Vec<u8>, wait: Duration) -> Result<Vec<Vec<u8>>> {
+        self.inner.ask_peers(question, wait).await
+    }
+
+    async fn answer_peers(
+        &self,
+        answer: super::PeerAnswers,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        peers::answer_for_ever(&self.inner, answer, shutdown).await
     }
 
     async fn declare_agent(&self, agent: &str) -> Result<()> {
