@@ -62,6 +62,8 @@ pub struct Host {
     overrides: std::collections::BTreeMap<String, crate::runtime::settings::AgentSection>,
     trace: Arc<TraceLog>,
     started: std::time::Instant,
+    /// Whether the plugins folder was loaded once (`/readyz` waits for it).
+    folder_loaded: std::sync::atomic::AtomicBool,
 }
 
 /// Whether the host can do its job, and if not, why (`/readyz`).
@@ -120,6 +122,7 @@ impl Host {
             overrides: config.agents,
             trace,
             started: std::time::Instant::now(),
+            folder_loaded: Default::default(),
         });
         // Other hosts on the broker ask for this one's hops (traces).
         let answers = traces::answerer(&host);
@@ -176,6 +179,10 @@ impl Host {
             problems.push(format!("broker not connected: {}", self.broker.describe()));
         }
         let mut ready = broker_connected;
+        if !self.folder_loaded.load(Ordering::Relaxed) {
+            ready = false;
+            problems.push("loading the plugins folder".to_string());
+        }
         for agent in &agents {
             if let Some(t) = self.dispatcher.settle_trouble(agent) {
                 ready = false;
@@ -257,6 +264,7 @@ impl Host {
                 );
             }
         }
+        self.folder_loaded.store(true, Ordering::Relaxed);
         Ok(loaded)
     }
 

@@ -239,6 +239,7 @@ async fn start_swarm(llm: &MockLlm) -> TestHost {
             ),
         ]
         .into(),
+        trace: Default::default(),
     };
     let broker = Arc::new(MemoryBroker::new());
     let host = Host::new(config, broker.clone()).unwrap();

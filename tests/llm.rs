@@ -73,6 +73,7 @@ async fn start_triage_build(section: AgentSection, build: &std::path::Path) -> T
         dispatch: fast_dispatch(),
         guard: Default::default(),
         agents: [("llm_triage".to_string(), section)].into(),
+        trace: Default::default(),
     };
     let broker = Arc::new(MemoryBroker::new());
     let host = Host::new(config, broker.clone()).unwrap();

@@ -28,6 +28,7 @@ async fn a_secret_never_reaches_a_log_a_dead_letter_or_status() {
         dispatch: fast_dispatch(),
         guard: Default::default(),
         agents: [("chaos".to_string(), section)].into(),
+        trace: Default::default(),
     };
     let broker = Arc::new(MemoryBroker::new());
     let host = Host::new(config, broker.clone()).unwrap();

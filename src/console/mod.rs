@@ -322,3 +322,50 @@ async fn trace(State(c): State<Arc<Console>>, Path(conversation): Path<String>) 
         Err(r) => r,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn changes_need_the_header_and_loopback_or_the_token() {
+        let console = Console::new(HostSlot::default(), Some("s3cret-token".into()));
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let remote: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let page = (MUTATION_HEADER, "1");
+        assert!(
+            console.may_change(local, &headers(&[])).is_err(),
+            "no header"
+        );
+        assert!(console.may_change(local, &headers(&[page])).is_ok());
+        assert!(console.may_change(mapped, &headers(&[page])).is_ok());
+        assert!(console.may_change(remote, &headers(&[page])).is_err());
+        let wrong = ("authorization", "Bearer s3cret-tokem");
+        assert!(
+            console
+                .may_change(remote, &headers(&[page, wrong]))
+                .is_err()
+        );
+        let right = ("authorization", "Bearer s3cret-token");
+        assert!(console.may_change(remote, &headers(&[page, right])).is_ok());
+        assert!(
+            console.may_change(remote, &headers(&[right])).is_err(),
+            "no header"
+        );
+        let no_token = Console::new(HostSlot::default(), None);
+        assert!(
+            no_token
+                .may_change(remote, &headers(&[page, right]))
+                .is_err()
+        );
+    }
+}

@@ -149,8 +149,9 @@ pub struct Hop {
     /// When the host took the delivery, ms since the Unix epoch.
     pub received_at_ms: u64,
     /// From the message's first publish to this delivery, in ms (includes
-    /// retry delays for a later attempt).
-    pub waited_ms: u64,
+    /// retry delays for a later attempt); none when the publish time is
+    /// known to the second only (AMQP's timestamp property).
+    pub waited_ms: Option<u64>,
     /// Time in the guest's `on-message`, when it was called.
     pub guest_ms: Option<f64>,
     /// From delivery to settlement (publishing and confirms included).
@@ -175,7 +176,7 @@ pub struct HopStart {
     hops: u32,
     sender: Option<String>,
     received_at_ms: u64,
-    waited_ms: u64,
+    waited_ms: Option<u64>,
     started: std::time::Instant,
     received: Body,
 }
@@ -190,7 +191,9 @@ impl HopStart {
             hops: envelope.hops,
             sender: envelope.sender.clone(),
             received_at_ms: now,
-            waited_ms: now.saturating_sub(envelope.timestamp),
+            // A whole second is what AMQP carries: too coarse to say.
+            waited_ms: (envelope.timestamp % 1000 != 0)
+                .then(|| now.saturating_sub(envelope.timestamp)),
             started: std::time::Instant::now(),
             received: Body::keep(&envelope.body),
         }
@@ -483,7 +486,10 @@ mod tests {
     fn merging_orders_hops_and_drops_copies() {
         let log = TraceLog::new(10);
         log.record(HopStart::new(&envelope("c", "m1", b"{}")), handled("a"));
-        log.record(HopStart::new(&envelope("c", "m2", b"{}")), handled("b"));
+        // The next hop of the conversation, within the same millisecond.
+        let mut next = envelope("c", "m2", b"{}");
+        next.hops = 1;
+        log.record(HopStart::new(&next), handled("b"));
         let mut hops = log.conversation("c");
         hops.reverse();
         let again = hops.clone();

@@ -52,9 +52,11 @@ pub struct Step {
     pub hop: Hop,
     /// Who sent the message: `user` or the agent.
     pub from: String,
-    /// From the sending hop's end (its publish) to this delivery, in ms;
-    /// for a user's message, from its publish (whole seconds on RabbitMQ).
-    pub queued_ms: f64,
+    /// From the sending hop's settlement (its publish is just before) to
+    /// this delivery, in ms (0 when the delivery came first); for a user's
+    /// message or a retry, from its first publish, where that is known to
+    /// the millisecond.
+    pub queued_ms: Option<f64>,
 }
 
 impl Trace {
@@ -75,10 +77,11 @@ impl Trace {
                         && p.sent.iter().any(|s| s.id == hop.id)
                 });
                 let queued_ms = match parent {
-                    Some(p) if hop.attempt <= 1 => (hop.received_at_ms as f64
-                        - (p.received_at_ms as f64 + p.total_ms))
-                        .max(0.0),
-                    _ => hop.waited_ms as f64,
+                    Some(p) if hop.attempt <= 1 => Some(
+                        (hop.received_at_ms as f64 - (p.received_at_ms as f64 + p.total_ms))
+                            .max(0.0),
+                    ),
+                    _ => hop.waited_ms.map(|w| w as f64),
                 };
                 Step {
                     from: hop.sender.clone().unwrap_or_else(|| "user".into()),
@@ -140,7 +143,7 @@ impl Trace {
                     .map(|v| &v[..v.len().min(10)])
                     .unwrap_or("-"),
                 h.attempt,
-                ms(Some(s.queued_ms)),
+                ms(s.queued_ms),
                 ms(h.guest_ms),
                 ms(Some(h.total_ms)),
                 h.outcome.label(),

@@ -20,3 +20,24 @@ pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or("");
     (status, body.to_string())
 }
+
+/// A plain HTTP/1.1 POST with a JSON body and extra header lines
+/// (`Name: value`); returns the status code and the body.
+pub fn post(addr: SocketAddr, path: &str, headers: &[&str], json: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{json}",
+        json.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    (status, body.to_string())
+}

@@ -108,6 +108,7 @@ pub async fn start_on(
         dispatch,
         guard: Default::default(),
         agents: Default::default(),
+        trace: Default::default(),
     };
     let host = Host::new(config, broker.clone()).unwrap();
     let events = host.events();
@@ -248,4 +249,62 @@ pub async fn expect_echoes(first: usize, waiting: Vec<tokio::task::JoinHandle<St
     for (i, w) in waiting.into_iter().enumerate() {
         assert_eq!(w.await.unwrap(), format!("message {}", first + i));
     }
+}
+
+/// `warren run` on a plugins folder with an HTTP endpoint on a free port
+/// and `args` (the broker, the control socket), once `/readyz` says ready.
+pub fn run_ready(plugins: &Path, args: &[&str]) -> (Running, std::net::SocketAddr) {
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut running = Running::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["run", "--no-watch", "--http", &http.to_string()])
+            .arg("--plugins")
+            .arg(plugins)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("WARREN_CACHE_DIR", cache_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        // The control socket (embedded broker) is served once the host is up.
+        let socket = args
+            .iter()
+            .position(|a| *a == "--control")
+            .map(|i| Path::new(args[i + 1]));
+        if std::net::TcpStream::connect(http).is_ok()
+            && http::get(http, "/readyz").0 == 200
+            && socket.is_none_or(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
+        {
+            return (running, http);
+        }
+        if let Ok(Some(status)) = running.child().try_wait() {
+            panic!("warren run exited early: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "warren run was not ready within 90 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `warren ARGS` to its end: (success, stdout, stderr).
+pub fn warren_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

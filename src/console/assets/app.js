@@ -28,12 +28,16 @@ function rate(series) {
   const last = series.length ? series[series.length - 1] : 0;
   return last >= 10 ? last.toFixed(0) : last.toFixed(1);
 }
+// One bar per sample (5 s each), the newest on the right; 60 fit.
 function spark(series, kind) {
-  if (!series.length) return `<svg class="spark ${kind}" viewBox="0 0 90 22"></svg>`;
   const max = Math.max(...series, 0.0001);
-  const step = series.length > 1 ? 90 / (series.length - 1) : 0;
-  const pts = series.map((v, i) => `${(i * step).toFixed(1)},${(21 - (v / max) * 20).toFixed(1)}`).join(" ");
-  return `<svg class="spark ${kind}" viewBox="0 0 90 22" preserveAspectRatio="none"><polyline points="${pts}"/></svg>`;
+  const w = 90 / 60;
+  const bars = series.slice(-60).map((v, i, all) => {
+    const h = v > 0 ? Math.max((v / max) * 20, 1.5) : 0.5;
+    const x = 90 - (all.length - i) * w;
+    return `<rect x="${x.toFixed(2)}" y="${(21 - h).toFixed(2)}" width="${(w * 0.8).toFixed(2)}" height="${h.toFixed(2)}"/>`;
+  }).join("");
+  return `<svg class="spark ${kind}" viewBox="0 0 90 22" preserveAspectRatio="none"><title>per second, every 5 s</title>${bars}</svg>`;
 }
 
 let noticeTimer = null;
@@ -93,7 +97,7 @@ function renderAgents() {
   const rows = o.agents.map((a) => {
     const version = a.version ? `${esc(a.contract || "")} <code title="${esc(a.file)}">${esc(a.version.slice(0, 10))}</code>` : "–";
     return `<tr data-agent="${esc(a.name)}">
-      <td><strong>${esc(a.name)}</strong><div class="muted">${esc(a.status)}</div></td>
+      <td><strong>${esc(a.name)}</strong>${a.status !== a.state ? `<div class="muted">${esc(a.status)}</div>` : ""}</td>
       <td><span class="state ${esc(a.state.replace(" ", "-"))}">${esc(a.state)}</span></td>
       <td>${version}</td>
       <td class="num">${a.consumers}</td>
@@ -259,14 +263,15 @@ function renderTrace() {
   // The timeline: waiting (light) and handling (dark) per delivery.
   const hops = t.hops;
   if (hops.length) {
-    const t0 = Math.min(...hops.map((h) => h.received_at_ms - h.queued_ms));
+    const queued = (h) => h.queued_ms || 0;
+    const t0 = Math.min(...hops.map((h) => h.received_at_ms - queued(h)));
     const t1 = Math.max(...hops.map((h) => h.received_at_ms + h.total_ms));
     const span = Math.max(t1 - t0, 1);
     const pct = (v) => ((v / span) * 100).toFixed(2) + "%";
     $("#trace-timeline").innerHTML = hops.map((h) => {
       const bad = h.outcome.kind !== "handled";
       return `<div class="row"><span class="label">${esc(h.agent)} #${h.attempt}</span><span class="track">
-        <span class="queued" data-left="${pct(h.received_at_ms - h.queued_ms - t0)}" data-width="${pct(h.queued_ms)}"></span>
+        <span class="queued" data-left="${pct(h.received_at_ms - queued(h) - t0)}" data-width="${pct(queued(h))}"></span>
         <span class="work${bad ? " bad" : ""}" data-left="${pct(h.received_at_ms - t0)}" data-width="${pct(Math.max(h.total_ms, span / 400))}"></span>
       </span></div>`;
     }).join("");
