@@ -47,7 +47,7 @@ fn agents(trace: &Value) -> Vec<&str> {
 
 #[test]
 fn trace_prints_every_hop_of_a_handoff_in_order_on_the_embedded_broker() {
-    let dir = plugins_dir(&["agent_a", "agent_b"]);
+    let dir = plugins_dir(&["agent_a", "agent_b", "chaos"]);
     let sock_dir = tempfile::tempdir().unwrap();
     let sock = sock_dir.path().join("warren.sock");
     let remote = ["--control", sock.to_str().unwrap()];
@@ -92,6 +92,32 @@ fn trace_prints_every_hop_of_a_handoff_in_order_on_the_embedded_broker() {
     let sent = &trace["hops"][0]["sent"][0];
     assert_eq!(sent["id"], trace["hops"][1]["id"]);
     assert_eq!(sent["body"]["text"], trace["hops"][1]["received"]["text"]);
+
+    // Retries on the way are hops of their own, with the reason.
+    let (ok, out, err) = warren_cli(
+        &[
+            &["send", "chaos", "flaky:2", "--wait", "--json"][..],
+            &remote,
+        ]
+        .concat(),
+    );
+    assert!(ok, "{out}{err}");
+    let outcome: Value = serde_json::from_str(&out).unwrap();
+    let trace = trace_json(outcome["id"].as_str().unwrap(), &remote);
+    let hops = trace["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), 2, "{trace:#}");
+    assert_eq!(hops[0]["outcome"]["kind"], "retried", "{trace:#}");
+    assert!(
+        hops[0]["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("flaky: attempt 1 of 2")
+    );
+    assert_eq!(
+        (hops[0]["attempt"].clone(), hops[1]["attempt"].clone()),
+        (1.into(), 2.into())
+    );
+    assert_eq!(hops[1]["outcome"]["kind"], "handled", "{trace:#}");
 
     let (ok, out, err) = warren_cli(&[&["trace", "m-nosuchconversation"][..], &remote].concat());
     assert!(!ok && out.contains("no hop"), "{out}{err}");

@@ -134,6 +134,12 @@ impl Ledger {
 
     /// Messages ready in `queue`; none while the broker cannot say.
     pub async fn count(&mut self, queue: &str) -> Option<usize> {
+        self.state(queue).await.map(|(ready, _)| ready)
+    }
+
+    /// Messages ready in `queue` and its consumers (a connection the broker
+    /// has not given up on yet still counts); none while the broker cannot say.
+    pub async fn state(&mut self, queue: &str) -> Option<(usize, u32)> {
         let result = async {
             let ch = self.channel().await?;
             let q = ch
@@ -146,7 +152,7 @@ impl Ledger {
                     FieldTable::default(),
                 )
                 .await?;
-            anyhow::Ok(q.message_count() as usize)
+            anyhow::Ok((q.message_count() as usize, q.consumer_count()))
         }
         .await;
         if result.is_err() {

@@ -233,6 +233,9 @@ async fn run_row(config: &ChaosConfig, fault: Fault, times: usize) -> Result<Row
     let mut host = HostProcess::new(&config.warren_exe, args, &log)?;
     host.start()?;
     host.wait_ready(Duration::from_secs(120)).await?;
+    // The host's own consumers: more means a connection the broker still
+    // holds deliveries for.
+    let consumers = ledger.state(&queue).await.map_or(0, |(_, c)| c);
 
     let mut row = Row {
         fault: Some(fault),
@@ -291,6 +294,17 @@ async fn run_row(config: &ChaosConfig, fault: Fault, times: usize) -> Result<Row
         // answers stop.
         while progress.answered < config.messages && !progress.quiet_for(config.quiet) {
             progress.poll(&mut ledger, &mut host).await?;
+        }
+        // Deliveries held by a connection the broker has not given up on
+        // yet (a frozen link: until its heartbeats are missed) come back
+        // only when it does, to be handled again: wait for that (only the
+        // host's consumers left, nothing ready) before counting what is left.
+        let deadline = Instant::now() + config.quiet + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match ledger.state(&queue).await {
+                Some((0, c)) if c <= consumers => break,
+                _ => progress.poll(&mut ledger, &mut host).await?,
+            }
         }
         anyhow::Ok(())
     }
