@@ -46,7 +46,7 @@ use crate::broker::{
 use crate::metrics::{AgentMetrics, Metrics};
 use crate::registry::Registry;
 use crate::runtime::Failure;
-use crate::trace::{HopEnd, HopStart, Outcome, TraceLog};
+use crate::trace::{HopEnd, HopStart, Outcome, Received, TraceLog};
 use crate::wire::Body;
 
 mod plan;
@@ -354,11 +354,18 @@ impl Dispatcher {
         let mut call = Call::default();
         let verdict = self.decide(agent, m, &delivery.envelope, &mut call).await;
         let mut published = Vec::new();
+        // The received body for the trace: moved out where the settlement
+        // no longer needs it (an ack), copied where it does (a retry or
+        // dead letter republishes it; rare).
+        let mut received = Received::default();
         let settled = match verdict {
             Verdict::Publish { planned, version } => {
                 let conversation_id = delivery.envelope.conversation_id.clone();
                 match self.publish_all(agent, m, &planned).await {
                     Ok(()) => {
+                        if hop.is_some() {
+                            received = Received::take(&mut delivery.envelope);
+                        }
                         let r = delivery.ack().await;
                         if r.is_ok() {
                             m.acked.inc();
@@ -377,6 +384,9 @@ impl Dispatcher {
                         r.map(|()| Outcome::Handled)
                     }
                     Err(e) => {
+                        if hop.is_some() {
+                            received = Received::copy(&delivery.envelope);
+                        }
                         m.failure("publish");
                         let reason = format!("publishing its output failed: {e:#}");
                         self.retry_or_dead_letter(agent, m, delivery, reason, false)
@@ -389,6 +399,9 @@ impl Dispatcher {
                 trap,
                 trace,
             } => {
+                if hop.is_some() {
+                    received = Received::copy(&delivery.envelope);
+                }
                 if let Some(trace) = trace {
                     let trace = bounded(&trace, MAX_REASON_BYTES).into_owned();
                     delivery
@@ -400,13 +413,21 @@ impl Dispatcher {
                     .await
             }
             Verdict::Requeue(reason) => {
+                if hop.is_some() {
+                    received = Received::copy(&delivery.envelope);
+                }
                 debug!(agent, id, "{reason}: back to the queue");
                 tokio::time::sleep(NOT_LOADED_PAUSE).await;
                 // Dropped unsettled: the transport gives it back to its queue.
                 drop(delivery);
                 Ok(Outcome::Requeued { reason })
             }
-            Verdict::DeadLetter(reason) => self.dead_letter(agent, m, delivery, reason).await,
+            Verdict::DeadLetter(reason) => {
+                if hop.is_some() {
+                    received = Received::copy(&delivery.envelope);
+                }
+                self.dead_letter(agent, m, delivery, reason).await
+            }
         };
         let outcome = match settled {
             Err(e) => {
@@ -425,25 +446,20 @@ impl Dispatcher {
             }
         };
         if let Some(hop) = hop {
-            let sent = published
-                .iter()
-                .map(|p| {
-                    (
-                        p.envelope.id.clone(),
-                        p.route.tag(),
-                        p.envelope.body.as_slice(),
-                    )
-                })
-                .collect();
             self.trace.record(
                 hop,
                 HopEnd {
+                    conversation_id: &conversation,
+                    id: &id,
                     agent,
-                    version: call.version,
+                    version: call.pool.as_ref().map(|p| p.version()),
                     guest: call.guest,
                     outcome,
-                    sent,
+                    received: &received,
                 },
+                published
+                    .iter()
+                    .map(|p| (p.envelope.id.as_str(), &p.route, p.envelope.body.as_slice())),
             );
         }
     }
@@ -530,7 +546,7 @@ impl Dispatcher {
         let guest = called.elapsed();
         m.guest_seconds.observe(guest.as_secs_f64());
         call.guest = Some(guest);
-        call.version = Some(pool.version().to_string());
+        call.pool = Some(pool.clone());
         match answer {
             Ok(Ok(outgoing)) if outgoing.len() > limits.max_outgoing => {
                 m.failure("invalid-output");
@@ -731,7 +747,8 @@ impl Dispatcher {
 /// What a delivery's guest call was, for its trace.
 #[derive(Default)]
 struct Call {
-    version: Option<String>,
+    /// The version that ran (its pool: no copy of its name per message).
+    pool: Option<Arc<crate::runtime::AgentPool>>,
     guest: Option<Duration>,
 }
 

@@ -52,6 +52,9 @@ pub struct BenchConfig {
     pub skip_rabbitmq: bool,
     /// Only these tables (empty: all).
     pub only: Vec<TableKind>,
+    /// Hops warren's hosts keep for traces (warren's default; 0 measures
+    /// what recording them costs).
+    pub trace_hops: usize,
 }
 
 /// The tables `warren bench` can print.
@@ -107,9 +110,10 @@ impl Shape {
         )
     }
 
-    /// A host of this shape (the rest at the defaults).
-    pub fn host_config(&self) -> crate::HostConfig {
+    /// A host of this shape keeping `trace_hops` (the rest at the defaults).
+    pub fn host_config(&self, trace_hops: usize) -> crate::HostConfig {
         let mut config = crate::HostConfig::default();
+        config.trace.capacity = trace_hops;
         config.dispatch.consumers_per_agent = self.consumers;
         config.dispatch.in_flight_per_consumer = self.in_flight;
         config.runtime.max_instances = config.runtime.max_instances.max(self.consumers);
@@ -144,6 +148,7 @@ impl BenchConfig {
                 Shape::new(1, 256, 256),
             ],
             calls: 20_000,
+            trace_hops: crate::trace::DEFAULT_CAPACITY,
             scale: vec![1, 10, 100],
             plugins,
             warren_exe,
@@ -154,7 +159,9 @@ impl BenchConfig {
 
     /// The host the local tables run: warren's defaults.
     pub fn host_config(&self) -> crate::HostConfig {
-        crate::HostConfig::default()
+        let mut config = crate::HostConfig::default();
+        config.trace.capacity = self.trace_hops;
+        config
     }
 
     /// A smoke run (CI): every code path, tiny numbers.

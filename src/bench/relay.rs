@@ -344,7 +344,7 @@ impl WarrenRelay {
             ..AmqpConfig::new(config.amqp_url.clone())
         })
         .await?;
-        let host = Host::new(shape.host_config(), Arc::new(amqp))?;
+        let host = Host::new(shape.host_config(config.trace_hops), Arc::new(amqp))?;
         let loaded = host.load_dir(dir.path()).await?;
         if loaded.is_empty() {
             bail!("the echo agent did not load");

@@ -35,6 +35,10 @@ pub struct Bench {
     /// Only these tables (repeatable; default: all).
     #[arg(long, value_enum)]
     only: Vec<warren::bench::TableKind>,
+    /// Hops warren keeps for traces while measured (default: warren's
+    /// default; 0 shows what keeping them costs).
+    #[arg(long, default_value_t = warren::trace::DEFAULT_CAPACITY)]
+    trace_hops: usize,
     /// Also write the tables (Markdown) to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -50,6 +54,7 @@ pub async fn run(c: Bench) -> Result<()> {
     config.rounds = c.rounds.unwrap_or(config.rounds);
     config.skip_rabbitmq = c.no_rabbitmq;
     config.only = c.only;
+    config.trace_hops = c.trace_hops;
     let tables = warren::bench::run(&config, |t| println!("{}", t.markdown())).await?;
     if let Some(path) = c.output {
         let text: Vec<String> = tables.iter().map(|t| t.markdown()).collect();

@@ -19,14 +19,15 @@
 
 pub mod mask;
 pub mod peers;
+mod ring;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 /// Hops a host keeps unless configured (`--trace-hops`).
-pub const DEFAULT_CAPACITY: usize = 10_000;
+pub const DEFAULT_CAPACITY: usize = 2_000;
 
 /// How many hops a host keeps for traces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +89,7 @@ impl Outcome {
     }
 }
 
-/// A body as kept: the bytes, or (too large to keep) its masked, cut text.
+/// A body as a reader gets it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Body {
     /// The body as received or sent (masked when read: see [`mask`]).
@@ -99,26 +100,6 @@ pub struct Body {
     /// [`KEPT_BODY_BYTES`]).
     #[serde(default)]
     pub cut: bool,
-}
-
-impl Body {
-    fn keep(raw: &[u8]) -> Body {
-        if raw.len() <= KEPT_BODY_BYTES {
-            return Body {
-                text: String::from_utf8_lossy(raw).into_owned(),
-                bytes: raw.len(),
-                cut: false,
-            };
-        }
-        // Masked now: a cut body is no longer JSON, and its secrets could
-        // not be found in it later.
-        let masked = mask::body(&String::from_utf8_lossy(raw), None);
-        Body {
-            text: crate::broker::bounded(&masked, KEPT_BODY_BYTES).into_owned(),
-            bytes: raw.len(),
-            cut: true,
-        }
-    }
 }
 
 /// One message an agent sent in a hop.
@@ -161,53 +142,64 @@ pub struct Hop {
     pub sent: Vec<SentHop>,
 }
 
-impl Hop {
-    /// Bytes of bodies this hop holds (for the budget).
-    fn weight(&self) -> usize {
-        self.received.text.len() + self.sent.iter().map(|s| s.body.text.len()).sum::<usize>()
-    }
-}
-
-/// What a [`Hop`] starts from: the delivery as received.
+/// What a [`Hop`] starts from: when and how the delivery came.
 pub struct HopStart {
-    conversation_id: String,
-    id: String,
     attempt: u32,
     hops: u32,
-    sender: Option<String>,
     received_at_ms: u64,
     waited_ms: Option<u64>,
     started: std::time::Instant,
-    received: Body,
 }
 
 impl HopStart {
     pub fn new(envelope: &crate::broker::Envelope) -> Self {
         let now = crate::dispatch::now_millis();
         HopStart {
-            conversation_id: envelope.conversation_id.clone(),
-            id: envelope.id.clone(),
             attempt: envelope.attempt,
             hops: envelope.hops,
-            sender: envelope.sender.clone(),
             received_at_ms: now,
             // A whole second is what AMQP carries: too coarse to say.
             waited_ms: (envelope.timestamp % 1000 != 0)
                 .then(|| now.saturating_sub(envelope.timestamp)),
             started: std::time::Instant::now(),
-            received: Body::keep(&envelope.body),
         }
     }
 }
 
-/// A finished hop's particulars beside its start.
+/// What a hop received, kept beside the delivery until it is recorded:
+/// moved out of the envelope where the settlement no longer needs it (an
+/// ack), copied where it does (a retry or dead letter publishes it again).
+#[derive(Default)]
+pub struct Received {
+    pub body: Vec<u8>,
+    pub sender: Option<String>,
+}
+
+impl Received {
+    pub fn take(envelope: &mut crate::broker::Envelope) -> Self {
+        Received {
+            body: std::mem::take(&mut envelope.body),
+            sender: envelope.sender.take(),
+        }
+    }
+
+    pub fn copy(envelope: &crate::broker::Envelope) -> Self {
+        Received {
+            body: envelope.body.clone(),
+            sender: envelope.sender.clone(),
+        }
+    }
+}
+
+/// A finished hop's particulars, borrowed from the message path.
 pub struct HopEnd<'a> {
+    pub conversation_id: &'a str,
+    pub id: &'a str,
     pub agent: &'a str,
-    pub version: Option<String>,
+    pub version: Option<&'a str>,
     pub guest: Option<std::time::Duration>,
     pub outcome: Outcome,
-    /// (id, route tag, body) of each message sent.
-    pub sent: Vec<(String, String, &'a [u8])>,
+    pub received: &'a Received,
 }
 
 /// A conversation's summary in the list of recent ones.
@@ -230,26 +222,55 @@ pub struct GuestTimes {
     pub samples: usize,
 }
 
-/// One host's ring of hops.
+/// One host's ring of hops (see `ring`: one buffer, no allocation per
+/// hop), in a few shards so that consumers on different threads do not
+/// wait for each other: a hop goes to the next shard in turn, or the one
+/// after if that is busy.
 pub struct TraceLog {
     host: String,
     capacity: usize,
-    ring: Mutex<Ring>,
+    shards: Vec<Mutex<ring::ByteRing>>,
 }
 
-#[derive(Default)]
-struct Ring {
-    hops: VecDeque<Arc<Hop>>,
-    bytes: usize,
+/// Shards of a log.
+const SHARDS: usize = 4;
+
+thread_local! {
+    /// Where a hop is encoded before it is copied into a shard (outside
+    /// its lock).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The shard the next hop tries first: round robin, so that every shard
+/// holds its share of the latest hops.
+static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A conversation id's key in the ring.
+fn key(conversation_id: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    conversation_id.hash(&mut h);
+    h.finish()
 }
 
 impl TraceLog {
     /// A log of at most `capacity` hops (0: nothing is recorded).
     pub fn new(capacity: usize) -> Arc<Self> {
+        let per_shard = capacity.div_ceil(SHARDS);
+        // Room for about 1 KB per hop (most hops are smaller; larger ones
+        // make the ring keep fewer): the buffers stay as small as the hops
+        // asked for, and warm.
+        // A shard holds at least 2 MB: one hop's record may carry many
+        // bodies of up to KEPT_BODY_BYTES each.
+        let bytes = (capacity.saturating_mul(1024) / SHARDS)
+            .max(64 << 10)
+            .min(BYTE_BUDGET / SHARDS);
         Arc::new(TraceLog {
             host: host_id(),
             capacity,
-            ring: Mutex::default(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(ring::ByteRing::new(bytes, per_shard)))
+                .collect(),
         })
     }
 
@@ -266,99 +287,117 @@ impl TraceLog {
         self.capacity
     }
 
-    /// Records a finished hop; the oldest go when the ring is full.
-    pub fn record(&self, start: HopStart, end: HopEnd<'_>) {
+    /// Records a finished hop with what it sent (id, destination, body);
+    /// the oldest hops go when the ring is full.
+    pub fn record<'a>(
+        &self,
+        start: HopStart,
+        end: HopEnd<'_>,
+        sent: impl ExactSizeIterator<Item = (&'a str, &'a crate::broker::Route, &'a [u8])>,
+    ) {
         if !self.enabled() {
             return;
         }
-        let hop = Hop {
-            host: self.host.clone(),
-            conversation_id: start.conversation_id,
-            id: start.id,
-            agent: end.agent.to_string(),
-            version: end.version,
-            attempt: start.attempt,
-            hops: start.hops,
-            sender: start.sender,
-            received_at_ms: start.received_at_ms,
-            waited_ms: start.waited_ms,
-            guest_ms: end.guest.map(|d| d.as_secs_f64() * 1e3),
-            total_ms: start.started.elapsed().as_secs_f64() * 1e3,
-            outcome: end.outcome,
-            received: start.received,
-            sent: end
-                .sent
-                .into_iter()
-                .map(|(id, to, body)| SentHop {
-                    id,
-                    to,
-                    body: Body::keep(body),
-                })
-                .collect(),
-        };
-        let weight = hop.weight();
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.bytes += weight;
-        ring.hops.push_back(Arc::new(hop));
-        while ring.hops.len() > self.capacity || (ring.bytes > BYTE_BUDGET && ring.hops.len() > 1) {
-            if let Some(old) = ring.hops.pop_front() {
-                ring.bytes -= old.weight();
+        let total_ms = start.started.elapsed().as_secs_f64() * 1e3;
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            let mut w = ring::Writer(buf);
+            w.bytes(end.conversation_id.as_bytes());
+            w.bytes(end.id.as_bytes());
+            w.bytes(end.agent.as_bytes());
+            w.opt_str(end.version);
+            w.opt_str(end.received.sender.as_deref());
+            w.u32(start.attempt);
+            w.u32(start.hops);
+            w.u64(start.received_at_ms);
+            w.opt_u64(start.waited_ms);
+            w.opt_f64(end.guest.map(|d| d.as_secs_f64() * 1e3));
+            w.f64(total_ms);
+            ring::write_outcome(&mut w, &end.outcome);
+            w.body(&end.received.body);
+            w.u32(sent.len() as u32);
+            for (id, to, body) in sent {
+                w.bytes(id.as_bytes());
+                w.route(to);
+                w.body(body);
             }
+            let k = key(end.conversation_id);
+            let home = NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for i in 0..SHARDS {
+                if let Ok(mut shard) = self.shards[(home + i) % SHARDS].try_lock() {
+                    shard.push(k, buf);
+                    return;
+                }
+            }
+            self.shards[home % SHARDS]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(k, buf);
+        });
+    }
+
+    /// Calls `f` with each shard in turn.
+    fn each_shard(&self, mut f: impl FnMut(&ring::ByteRing)) {
+        for shard in &self.shards {
+            f(&shard.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
 
     /// Every hop of a conversation kept here, oldest first.
     pub fn conversation(&self, conversation_id: &str) -> Vec<Hop> {
-        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.hops
-            .iter()
-            .filter(|h| h.conversation_id == conversation_id)
-            .map(|h| Hop::clone(h))
-            .collect()
+        let k = key(conversation_id);
+        let mut hops = Vec::new();
+        self.each_shard(|ring| {
+            hops.extend(
+                ring.find(k)
+                    .filter_map(|r| ring::read_hop(r, &self.host))
+                    .filter(|h| h.conversation_id == conversation_id),
+            )
+        });
+        merge(hops)
+    }
+
+    /// Every hop's summary, newest first.
+    fn summaries(&self) -> Vec<ring::Summary> {
+        let mut all = Vec::new();
+        self.each_shard(|ring| all.extend(ring.newest_first().filter_map(ring::read_summary)));
+        all.sort_by(|a, b| b.received_at_ms.cmp(&a.received_at_ms));
+        all
     }
 
     /// The latest conversations, newest first.
     pub fn recent(&self, limit: usize) -> Vec<Recent> {
-        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let mut order: Vec<String> = Vec::new();
-        let mut seen: HashMap<&str, Recent> = HashMap::new();
-        for hop in ring.hops.iter().rev() {
-            match seen.get_mut(hop.conversation_id.as_str()) {
-                Some(r) => {
-                    r.hops += 1;
-                    r.first_agent = hop.agent.clone();
+        let mut order: Vec<Recent> = Vec::new();
+        for s in self.summaries() {
+            match order
+                .iter()
+                .position(|r| r.conversation_id == s.conversation_id)
+            {
+                Some(i) => {
+                    order[i].hops += 1;
+                    order[i].first_agent = s.agent;
                 }
-                None if order.len() < limit => {
-                    order.push(hop.conversation_id.clone());
-                    seen.insert(
-                        &hop.conversation_id,
-                        Recent {
-                            conversation_id: hop.conversation_id.clone(),
-                            first_agent: hop.agent.clone(),
-                            hops: 1,
-                            last_at_ms: hop.received_at_ms,
-                            last_outcome: hop.outcome.label().to_string(),
-                        },
-                    );
-                }
+                None if order.len() < limit => order.push(Recent {
+                    conversation_id: s.conversation_id,
+                    first_agent: s.agent,
+                    hops: 1,
+                    last_at_ms: s.received_at_ms,
+                    last_outcome: ring::kind_label(s.kind).to_string(),
+                }),
                 None => {}
             }
         }
         order
-            .iter()
-            .filter_map(|c| seen.remove(c.as_str()))
-            .collect()
     }
 
     /// Guest time percentiles per agent over its latest `per_agent` hops.
     pub fn guest_times(&self, per_agent: usize) -> HashMap<String, GuestTimes> {
-        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let mut samples: HashMap<&str, Vec<f64>> = HashMap::new();
-        for hop in ring.hops.iter().rev() {
-            if let Some(ms) = hop.guest_ms {
-                let s = samples.entry(hop.agent.as_str()).or_default();
-                if s.len() < per_agent {
-                    s.push(ms);
+        let mut samples: HashMap<String, Vec<f64>> = HashMap::new();
+        for s in self.summaries() {
+            if let Some(ms) = s.guest_ms {
+                let v = samples.entry(s.agent).or_default();
+                if v.len() < per_agent {
+                    v.push(ms);
                 }
             }
         }
@@ -372,7 +411,7 @@ impl TraceLog {
                     p99_ms: at(0.99),
                     samples: s.len(),
                 };
-                (agent.to_string(), times)
+                (agent, times)
             })
             .collect()
     }
@@ -427,45 +466,50 @@ mod tests {
         }
     }
 
-    fn handled<'a>(agent: &'a str) -> HopEnd<'a> {
-        HopEnd {
+    fn record(log: &TraceLog, conversation: &str, id: &str, hops: u32, agent: &str, body: &[u8]) {
+        let mut env = envelope(conversation, id, b"");
+        env.hops = hops;
+        let received = Received {
+            body: body.to_vec(),
+            sender: None,
+        };
+        let end = HopEnd {
+            conversation_id: conversation,
+            id,
             agent,
-            version: Some("v1".into()),
+            version: Some("v1"),
             guest: Some(std::time::Duration::from_millis(2)),
             outcome: Outcome::Handled,
-            sent: vec![],
-        }
+            received: &received,
+        };
+        log.record(HopStart::new(&env), end, std::iter::empty());
     }
 
     #[test]
     fn the_ring_keeps_the_latest_hops_and_finds_a_conversation() {
-        let log = TraceLog::new(3);
-        for i in 0..5 {
+        let log = TraceLog::new(SHARDS);
+        for i in 0..SHARDS + 2 {
             let conv = if i % 2 == 0 { "c-even" } else { "c-odd" };
-            log.record(
-                HopStart::new(&envelope(conv, &format!("m{i}"), b"{}")),
-                handled("a"),
-            );
+            record(&log, conv, &format!("m{i}"), 0, "a", b"{}");
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let even: Vec<String> = log
-            .conversation("c-even")
-            .into_iter()
-            .map(|h| h.id)
-            .collect();
-        assert_eq!(even, ["m2", "m4"], "m0 fell out of the ring of 3");
+        let ids =
+            |c: &str| -> Vec<String> { log.conversation(c).into_iter().map(|h| h.id).collect() };
+        assert_eq!(ids("c-even"), ["m2", "m4"], "m0 fell out of the ring");
+        assert_eq!(ids("c-odd"), ["m3", "m5"], "m1 fell out of the ring");
         let recent = log.recent(10);
-        assert_eq!(recent[0].conversation_id, "c-even");
+        assert_eq!(recent[0].conversation_id, "c-odd");
         assert_eq!(recent[0].hops, 2);
-        assert_eq!(recent[1].conversation_id, "c-odd");
+        assert_eq!(recent[1].conversation_id, "c-even");
         let times = log.guest_times(100);
-        assert_eq!(times["a"].samples, 3);
+        assert_eq!(times["a"].samples, SHARDS);
         assert!((times["a"].p50_ms - 2.0).abs() < 0.5);
     }
 
     #[test]
     fn a_log_of_capacity_zero_records_nothing() {
         let log = TraceLog::new(0);
-        log.record(HopStart::new(&envelope("c", "m", b"{}")), handled("a"));
+        record(&log, "c", "m", 0, "a", b"{}");
         assert!(log.conversation("c").is_empty());
     }
 
@@ -475,7 +519,9 @@ mod tests {
             r#"{{"messages":[{{"role":"user","content":"{}"}}],"api_key":"sk-123456"}}"#,
             "x".repeat(KEPT_BODY_BYTES * 2)
         );
-        let kept = Body::keep(big.as_bytes());
+        let log = TraceLog::new(10);
+        record(&log, "c", "m", 0, "a", big.as_bytes());
+        let kept = &log.conversation("c")[0].received;
         assert!(kept.cut);
         assert_eq!(kept.bytes, big.len());
         assert!(kept.text.len() < KEPT_BODY_BYTES + 100);
@@ -485,11 +531,9 @@ mod tests {
     #[test]
     fn merging_orders_hops_and_drops_copies() {
         let log = TraceLog::new(10);
-        log.record(HopStart::new(&envelope("c", "m1", b"{}")), handled("a"));
+        record(&log, "c", "m1", 0, "a", b"{}");
         // The next hop of the conversation, within the same millisecond.
-        let mut next = envelope("c", "m2", b"{}");
-        next.hops = 1;
-        log.record(HopStart::new(&next), handled("b"));
+        record(&log, "c", "m2", 1, "b", b"{}");
         let mut hops = log.conversation("c");
         hops.reverse();
         let again = hops.clone();
