@@ -73,6 +73,8 @@ pub enum TableKind {
     Sweep,
     /// RabbitMQ latency, steady and while swapping the agent.
     Latency,
+    /// RabbitMQ relay throughput with the echo agent in each guest language.
+    Languages,
 }
 
 /// A relay's shape: consumers, and per consumer the prefetch and the
@@ -242,6 +244,9 @@ pub async fn run(config: &BenchConfig, mut print: impl FnMut(&Table)) -> Result<
         }
         if want(TableKind::Latency) {
             emit(latency::latency(config).await?, &mut tables);
+        }
+        if want(TableKind::Languages) {
+            emit(relay::languages(config).await?, &mut tables);
         }
     }
     Ok(tables)

@@ -331,12 +331,19 @@ pub(super) struct WarrenRelay {
 
 impl WarrenRelay {
     pub(super) async fn start(config: &BenchConfig, shape: Shape, mode: Mode) -> Result<Self> {
+        Self::start_with(config, shape, mode, &config.plugins.join("echo.wasm")).await
+    }
+
+    /// The relay with another echo component (another guest language).
+    async fn start_with(
+        config: &BenchConfig,
+        shape: Shape,
+        mode: Mode,
+        echo: &std::path::Path,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        std::fs::copy(
-            config.plugins.join("echo.wasm"),
-            dir.path().join(format!("{AGENT}.wasm")),
-        )
-        .context("copying echo.wasm")?;
+        std::fs::copy(echo, dir.path().join(format!("{AGENT}.wasm")))
+            .with_context(|| format!("copying {}", echo.display()))?;
         let amqp = AmqpBroker::connect(AmqpConfig {
             exchange: EXCHANGE.into(),
             prefetch: shape.prefetch,
@@ -387,12 +394,8 @@ async fn relay_once(
     admin.preload(input, n, mode).await?;
     let timeout = Duration::from_secs(600);
     if warren {
-        let relay = WarrenRelay::start(config, shape, mode).await?;
-        let started = Instant::now();
-        admin.wait_for(OUT, n, timeout).await?;
-        let elapsed = started.elapsed();
-        relay.host.shutdown().await;
-        Ok(per_sec(n, elapsed))
+        let echo = config.plugins.join("echo.wasm");
+        warren_drains(config, admin, shape, mode, &echo).await
     } else {
         let relay = RawRelay::start(config, shape, mode, relay == Relay::RawWithHeaders).await?;
         let started = Instant::now();
@@ -401,6 +404,75 @@ async fn relay_once(
         relay.stop().await?;
         Ok(per_sec(n, elapsed))
     }
+}
+
+/// warren, hosting `echo`, drains the preloaded input queue.
+async fn warren_drains(
+    config: &BenchConfig,
+    admin: &Admin,
+    shape: Shape,
+    mode: Mode,
+    echo: &std::path::Path,
+) -> Result<f64> {
+    let n = config.messages;
+    let relay = WarrenRelay::start_with(config, shape, mode, echo).await?;
+    let started = Instant::now();
+    admin.wait_for(OUT, n, Duration::from_secs(600)).await?;
+    let elapsed = started.elapsed();
+    relay.host.shutdown().await;
+    Ok(per_sec(n, elapsed))
+}
+
+/// warren at its defaults relaying with the echo agent written in each
+/// guest language (persistent + confirms), against the Rust one.
+pub async fn languages(config: &BenchConfig) -> Result<Table> {
+    let langs = [
+        ("Rust", config.plugins.join("echo.wasm")),
+        (
+            "Python (componentize-py)",
+            config.plugins.join("python/echo.wasm"),
+        ),
+        (
+            "JavaScript (jco, QuickJS)",
+            config.plugins.join("js/echo.wasm"),
+        ),
+    ];
+    with_queues(config, async |admin: &Admin| {
+        let mut t = Table::new(
+            &format!(
+                "RabbitMQ relay by guest language: {} messages, warren at its defaults, persistent + confirms, median of {} rounds",
+                config.messages, config.rounds
+            ),
+            &["echo agent in", "msg/s", "/ Rust"],
+        );
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); langs.len()];
+        for _ in 0..config.rounds {
+            for (i, (_, echo)) in langs.iter().enumerate() {
+                if echo.exists() {
+                    let input = admin.fresh_run(true).await?;
+                    admin.preload(input, config.messages, Mode::Reliable).await?;
+                    let shape = Shape::defaults();
+                    rates[i].push(warren_drains(config, admin, shape, Mode::Reliable, echo).await?);
+                }
+            }
+        }
+        let rust = median(rates[0].clone());
+        for ((name, echo), r) in langs.iter().zip(rates) {
+            if r.is_empty() {
+                t.row(vec![name.to_string(), format!("{} not built", echo.display()), "-".into()]);
+                continue;
+            }
+            let m = median(r);
+            t.row(vec![name.to_string(), fmt_rate(m), format!("{:.2}×", m / rust)]);
+        }
+        t.note = Some(
+            "The same relay as the throughput table, the agent's language changed: what a guest \
+             language costs once the broker's round trip is paid. Goal: ≥ 0.9× Rust."
+                .into(),
+        );
+        Ok(t)
+    })
+    .await
 }
 
 /// Runs `body` with the benchmark's queues declared, cleaning up after.
