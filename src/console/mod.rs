@@ -132,8 +132,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/console/style.css", get(style))
         .route("/api/overview", get(overview_json))
         .route("/api/dlq/{agent}", get(dead_letters))
-        .route("/api/dlq/{agent}/replay", post(replay))
-        .route("/api/dlq/{agent}/purge", post(purge))
+        .route("/api/dlq/{agent}/{action}", post(change_dead_letters))
         .route("/api/conversations", get(conversations))
         .route("/api/trace/{conversation}", get(trace))
         .with_state(console)
@@ -277,33 +276,21 @@ async fn change(
     }
 }
 
-async fn replay(
+/// `POST /api/dlq/{agent}/{replay|purge}`.
+async fn change_dead_letters(
     State(c): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(agent): Path<String>,
+    Path((agent, action)): Path<(String, String)>,
     body: Option<Json<Which>>,
 ) -> Response {
     let id = body.and_then(|b| b.0.id);
-    change(
-        c,
-        peer,
-        headers,
-        agent,
-        crate::dlq::Op::Replay { id, wait: None },
-    )
-    .await
-}
-
-async fn purge(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(agent): Path<String>,
-    body: Option<Json<Which>>,
-) -> Response {
-    let id = body.and_then(|b| b.0.id);
-    change(c, peer, headers, agent, crate::dlq::Op::Purge { id }).await
+    let op = match action.as_str() {
+        "replay" => crate::dlq::Op::Replay { id, wait: None },
+        "purge" => crate::dlq::Op::Purge { id },
+        _ => return failure(StatusCode::NOT_FOUND, "the actions are replay and purge"),
+    };
+    change(c, peer, headers, agent, op).await
 }
 
 async fn conversations(State(c): State<Arc<Console>>) -> Response {

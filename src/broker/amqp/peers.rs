@@ -57,16 +57,7 @@ impl Inner {
         wait: Duration,
     ) -> Result<Vec<Vec<u8>>> {
         let channel = self.peers_channel().await?;
-        let mut answers = channel
-            .basic_consume(
-                REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let mut answers = consume_unacked(&channel, REPLY_TO)
             .await
             .context("consuming direct replies")?;
         channel
@@ -131,16 +122,7 @@ impl Inner {
             )
             .await
             .context("binding this host's question queue")?;
-        let mut questions = channel
-            .basic_consume(
-                queue.name().as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let mut questions = consume_unacked(&channel, queue.name().as_str())
             .await
             .context("consuming this host's question queue")?;
         loop {
@@ -170,6 +152,21 @@ impl Inner {
             }
         }
     }
+}
+
+/// Consumes `queue` without acknowledgements (nothing here is kept).
+async fn consume_unacked(channel: &Channel, queue: &str) -> lapin::Result<lapin::Consumer> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// The answering loop of a host: a failure (a lost connection) is retried.
