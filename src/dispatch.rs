@@ -50,6 +50,9 @@ use crate::wire::Body;
 
 mod plan;
 mod settle;
+mod trouble;
+
+pub use trouble::SettleTrouble;
 
 pub use crate::contract::to_message;
 
@@ -182,15 +185,6 @@ pub struct Dispatcher {
     settle_trouble_seen: std::sync::atomic::AtomicBool,
 }
 
-/// An agent whose messages could not be settled (e.g. its dead-letter
-/// queue cannot be declared): loud in status, `/readyz` and `/metrics`.
-#[derive(Debug, Clone)]
-pub struct SettleTrouble {
-    pub count: u64,
-    pub reason: String,
-    pub at: std::time::Instant,
-}
-
 impl Dispatcher {
     pub fn new(
         broker: Arc<dyn Broker>,
@@ -218,65 +212,6 @@ impl Dispatcher {
 
     pub fn config(&self) -> &DispatchConfig {
         &self.config
-    }
-
-    /// The latest reason a message of `agent` was retried or dead-lettered.
-    pub fn last_error(&self, agent: &str) -> Option<String> {
-        self.last_errors.lock().unwrap().get(agent).cloned()
-    }
-
-    /// Failed settlements of `agent` within [`SETTLE_TROUBLE_WINDOW`].
-    pub fn settle_trouble(&self, agent: &str) -> Option<SettleTrouble> {
-        self.settle_failures
-            .lock()
-            .unwrap()
-            .get(agent)
-            .filter(|t| t.at.elapsed() < SETTLE_TROUBLE_WINDOW)
-            .cloned()
-    }
-
-    fn note_settle_failure(&self, agent: &str, reason: String) {
-        let mut all = self.settle_failures.lock().unwrap();
-        let entry = all.entry(agent.to_string()).or_insert(SettleTrouble {
-            count: 0,
-            reason: String::new(),
-            at: std::time::Instant::now(),
-        });
-        self.settle_trouble_seen
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        entry.count += 1;
-        entry.reason = reason;
-        entry.at = std::time::Instant::now();
-    }
-
-    /// A settlement went through: the agent's settling works again. A
-    /// failure while the connection was being lost (its deliveries come
-    /// back on the new one) thus leaves no trouble once messages flow.
-    fn note_settle_success(&self, agent: &str) {
-        if self
-            .settle_trouble_seen
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            let mut all = self.settle_failures.lock().unwrap();
-            all.remove(agent);
-            if all.is_empty() {
-                self.settle_trouble_seen
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Forgets an agent's latest error: a new version serves now, and the
-    /// old one's error would only mislead (`status --watch`).
-    pub fn clear_last_error(&self, agent: &str) {
-        self.last_errors.lock().unwrap().remove(agent);
-    }
-
-    fn note_error(&self, agent: &str, reason: &str) {
-        self.last_errors
-            .lock()
-            .unwrap()
-            .insert(agent.to_string(), reason.to_string());
     }
 
     /// Whether anyone listens: events are built only then (hot path).

@@ -18,7 +18,8 @@
 //! - [`dispatch`] — the loop: delivery → decode → agent → publish → ack, and
 //!   every retry / dead-letter decision with its reason (`dispatch::plan`:
 //!   what an agent's answer becomes — routes, derived ids, backoff;
-//!   `dispatch::settle`: publishing it, retrying, dead-lettering).
+//!   `dispatch::settle`: publishing it, retrying, dead-lettering;
+//!   `dispatch::trouble`: each agent's latest error and failed settlements).
 //! - [`runtime`] — wasmtime: loading and checking components against the
 //!   world, the compile cache, the WASI sandbox, per-agent instance pools,
 //!   and what an agent is granted beyond it (settings, outbound HTTP).
