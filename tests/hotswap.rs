@@ -14,7 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren::broker::Route;
 use warren::dispatch::{Event, user_envelope};
@@ -421,10 +421,9 @@ async fn replacing_an_agent_under_load_loses_nothing() {
             .unwrap_or_else(|_| panic!("only {} of {MESSAGES} answered", seen.len()))
             .unwrap()
             .unwrap();
-        let headers = d.properties.headers().clone().unwrap_or_default();
-        let version = match headers.inner().get("x-warren-agent-version") {
-            Some(AMQPValue::LongString(v)) => v.to_string(),
-            other => panic!("no version header: {other:?}"),
+        let version = match warren::broker::amqp::origin(&d.properties).version {
+            Some(v) => v,
+            None => panic!("no version: {:?}", d.properties),
         };
         assert!(
             versions.contains(&version),

@@ -202,8 +202,17 @@ async fn seed_client_publish_is_handed_off_and_answered() {
         "{body:?}"
     );
     assert_eq!(body.from_agent.as_deref(), Some("agent_b"));
-    let headers = d.properties.headers().as_ref().unwrap();
-    assert!(headers.inner().contains_key("x-warren-agent-version"));
+    // Sender, hops and version travel as properties (`app_id`, `type`),
+    // with no header table for the broker to decode.
+    let origin = warren::broker::amqp::origin(&d.properties);
+    assert_eq!(origin.sender.as_deref(), Some("agent_b"));
+    assert_eq!(origin.hops, 2, "user → agent_a → agent_b");
+    assert!(origin.version.is_some(), "{origin:?}");
+    assert!(
+        d.properties.headers().is_none(),
+        "{:?}",
+        d.properties.headers()
+    );
     assert_eq!(d.properties.delivery_mode(), &Some(2), "persistent");
     assert!(d.properties.message_id().is_some());
     // And the library's request/reply over RabbitMQ.
@@ -223,9 +232,11 @@ async fn seed_client_publish_is_handed_off_and_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_through_a_to_b_arrive_exactly_once() {
     let vh = Vhost::new();
-    let t = host(
-        &vh,
-        &["agent_a", "agent_b"],
+    let amqp = vh.broker().await;
+    let t = start_on(
+        amqp.clone(),
+        plugins_dir(&["agent_a", "agent_b"]),
+        runtime_config(InstanceMode::Reuse),
         DispatchConfig {
             consumers_per_agent: 4,
             ..fast_dispatch()
@@ -250,6 +261,105 @@ async fn ten_thousand_messages_through_a_to_b_arrive_exactly_once() {
     wait_until_empty(&t, &["agent_a", "agent_b"]).await;
     let stats = t.broker.stats().await.unwrap();
     assert!(stats.iter().all(|s| s.dead_letter_count == 0), "{stats:?}");
+    // A backlog's acks go out in batches: fewer ack frames than deliveries.
+    let (acked, frames) = amqp.ack_counts();
+    println!("{acked} deliveries acked in {frames} ack frames");
+    assert!(acked >= 20_000, "{acked}");
+    assert!(frames < acked, "{frames} frames for {acked} acks");
+    t.host.shutdown().await;
+}
+
+/// Acks go out in batches (one `multiple` ack for a run of settled
+/// deliveries), but a batch never passes a delivery still being handled:
+/// while a slow message holds the front of its channel, the quick ones
+/// behind it — answered, dead-lettered — are acked (alone, after a short
+/// wait), and the slow one stays unacked until it is done. Nothing is acked
+/// twice (RabbitMQ would close the channel) and nothing is answered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_acks_never_pass_a_delivery_still_being_handled() {
+    let vh = Vhost::new();
+    let t = start_on(
+        amqp(&vh).await,
+        plugins_dir(&["chaos"]),
+        warren::runtime::RuntimeConfig {
+            deadline: Duration::from_secs(30),
+            ..runtime_config(InstanceMode::Reuse)
+        },
+        DispatchConfig {
+            consumers_per_agent: 1,
+            in_flight_per_consumer: 64,
+            ..fast_dispatch()
+        },
+    )
+    .await;
+    let (_conn, ch) = plain_client(&vh).await;
+    declare_plain_queue(&ch, "acks_out").await;
+    let publish = async |id: &str, text: &str| {
+        let body = format!(r#"{{"messages":[{{"role":"user","content":"{text}"}}]}}"#);
+        let props = BasicProperties::default()
+            .with_message_id(id.into())
+            .with_correlation_id(id.into())
+            .with_reply_to("acks_out".into())
+            .with_delivery_mode(2);
+        ch.basic_publish(
+            "agent_exchange".into(),
+            "agent.chaos".into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    };
+    let started = std::time::Instant::now();
+    publish("slow", "sleep:8000").await;
+    for i in 0..150 {
+        if i % 10 == 5 {
+            publish(&format!("bad-{i}"), "reject:not wanted").await;
+        } else {
+            publish(&format!("quick-{i}"), "hello").await;
+        }
+    }
+    // While the slow delivery is still in the guest (8 s), everything behind
+    // it is acked, and it is not: RabbitMQ counts exactly one unacked.
+    let name = vh.name.clone();
+    let snapshot = tokio::task::spawn_blocking(move || {
+        let mut queues = common::rabbit::queues_of(&name);
+        while started.elapsed() < Duration::from_secs(7) {
+            if queues.get("agent_chaos_queue") == Some(&(0, 1))
+                && queues.get("agent_chaos_queue.dlq") == Some(&(15, 0))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            queues = common::rabbit::queues_of(&name);
+        }
+        (queues, started.elapsed())
+    });
+    let seen = collect_replies(&ch, "acks_out", 136, Duration::from_secs(30)).await;
+    assert_eq!(seen.len(), 136, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "answered twice: {seen:?}");
+    assert_eq!(seen.get("slow"), Some(&1));
+    let (queues, when) = snapshot.await.unwrap();
+    assert!(when < Duration::from_secs(8), "looked too late: {when:?}");
+    assert_eq!(
+        queues["agent_chaos_queue"],
+        (0, 1),
+        "{queues:?} after {when:?}"
+    );
+    assert_eq!(queues["agent_chaos_queue.dlq"], (15, 0), "{queues:?}");
+    // Then the slow one is acked too.
+    let mut queues = vh.queues();
+    for _ in 0..50 {
+        if queues["agent_chaos_queue"] == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        queues = vh.queues();
+    }
+    assert_eq!(queues["agent_chaos_queue"], (0, 0), "{queues:?}");
     t.host.shutdown().await;
 }
 

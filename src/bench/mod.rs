@@ -9,7 +9,9 @@
 //! - [`relay`] — throughput on RabbitMQ, warren vs raw, and the settings sweep.
 //! - [`latency`] — latency on RabbitMQ at paced rates, steady and while swapping.
 //! - [`local`] — Wasm call cost, embedded-broker hops, start-up time and RSS.
+//! - `broker_cpu` — RabbitMQ's CPU time per message, read from its process.
 
+mod broker_cpu;
 pub mod latency;
 pub mod local;
 pub mod relay;

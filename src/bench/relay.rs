@@ -22,6 +22,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
+use super::broker_cpu::BrokerCpu;
 use super::local::content;
 use super::{BenchConfig, Shape, Table, fmt_rate, median, per_sec};
 use crate::broker::amqp::{AmqpBroker, AmqpConfig};
@@ -206,7 +207,7 @@ impl RawRelay {
         config: &BenchConfig,
         shape: Shape,
         mode: Mode,
-        headers: bool,
+        stamped: bool,
     ) -> Result<Self> {
         let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
         let publish = conn.create_channel().await?;
@@ -243,7 +244,7 @@ impl RawRelay {
                         _ = stop.cancelled() => break,
                         Some(r) = in_flight.next(), if !in_flight.is_empty() => r?,
                         d = consumer.next(), if in_flight.len() < max => match d {
-                            Some(d) => in_flight.push(relay_one(publish.clone(), d?, mode, headers)),
+                            Some(d) => in_flight.push(relay_one(publish.clone(), d?, mode, stamped)),
                             None => break,
                         },
                     }
@@ -275,7 +276,7 @@ async fn relay_one(
     publish: Channel,
     d: lapin::message::Delivery,
     mode: Mode,
-    headers: bool,
+    stamped: bool,
 ) -> Result<()> {
     let props = BasicProperties::default()
         .with_message_id(d.properties.message_id().clone().unwrap_or_default())
@@ -283,22 +284,14 @@ async fn relay_one(
         .with_content_type("application/json".into())
         .with_delivery_mode(if mode == Mode::Reliable { 2 } else { 1 });
     let mut props = props;
-    if headers {
-        // What warren carries on an agent's output (sender, hops, version).
-        let mut h = FieldTable::default();
-        h.insert(
-            "x-warren-sender".into(),
-            lapin::types::AMQPValue::LongString("bench_echo".into()),
-        );
-        h.insert(
-            "x-warren-hops".into(),
-            lapin::types::AMQPValue::LongLongInt(1),
-        );
-        h.insert(
-            "x-warren-agent-version".into(),
-            lapin::types::AMQPValue::LongString("d80f4de5104c".into()),
-        );
-        props = props.with_headers(h).with_timestamp(1);
+    if stamped {
+        // What warren puts on an agent's output: its sender, hops and
+        // version (as `app_id` and `type`, see `broker::amqp::headers`),
+        // and the timestamp.
+        props = props
+            .with_app_id(AGENT.into())
+            .with_type(format!("{}1/d80f4de5104c", crate::broker::amqp::TYPE_PREFIX).into())
+            .with_timestamp(1);
     }
     let reply_to = d
         .properties
@@ -377,8 +370,17 @@ pub(super) async fn declare_warren(config: &BenchConfig) -> Result<()> {
 enum Relay {
     Warren,
     Raw,
-    /// The raw relay adding the headers warren puts on every message.
-    RawWithHeaders,
+    /// The raw relay stamping each output as warren does (sender, hops,
+    /// version as properties).
+    RawStamped,
+}
+
+/// One drain of the preloaded queue.
+struct Drain {
+    rate: f64,
+    /// RabbitMQ's CPU time per 1,000 messages relayed, in ms (when the
+    /// broker is a local process).
+    broker_ms: Option<f64>,
 }
 
 async fn relay_once(
@@ -387,23 +389,29 @@ async fn relay_once(
     relay: Relay,
     shape: Shape,
     mode: Mode,
-) -> Result<f64> {
+) -> Result<Drain> {
     let n = config.messages;
     let warren = relay == Relay::Warren;
     let input = admin.fresh_run(warren).await?;
     admin.preload(input, n, mode).await?;
-    let timeout = Duration::from_secs(600);
-    if warren {
+    let broker = BrokerCpu::find(&config.amqp_url);
+    let before = broker.seconds();
+    let rate = if warren {
         let echo = config.plugins.join("echo.wasm");
-        warren_drains(config, admin, shape, mode, &echo).await
+        warren_drains(config, admin, shape, mode, &echo).await?
     } else {
-        let relay = RawRelay::start(config, shape, mode, relay == Relay::RawWithHeaders).await?;
+        let relay = RawRelay::start(config, shape, mode, relay == Relay::RawStamped).await?;
         let started = Instant::now();
-        admin.wait_for(OUT, n, timeout).await?;
+        admin.wait_for(OUT, n, Duration::from_secs(600)).await?;
         let elapsed = started.elapsed();
         relay.stop().await?;
-        Ok(per_sec(n, elapsed))
-    }
+        per_sec(n, elapsed)
+    };
+    let broker_ms = match (before, broker.seconds()) {
+        (Some(a), Some(b)) => Some((b - a) * 1000.0 * 1000.0 / n as f64),
+        _ => None,
+    };
+    Ok(Drain { rate, broker_ms })
 }
 
 /// warren, hosting `echo`, drains the preloaded input queue.
@@ -504,7 +512,9 @@ async fn strongest_raw(config: &BenchConfig, admin: &Admin) -> Result<(Table, Sh
     );
     let mut best = (0.0, config.raw_shapes[0]);
     for &shape in &config.raw_shapes {
-        let rate = relay_once(config, admin, Relay::Raw, shape, Mode::Reliable).await?;
+        let rate = relay_once(config, admin, Relay::Raw, shape, Mode::Reliable)
+            .await?
+            .rate;
         t.row(vec![shape.label(), fmt_rate(rate)]);
         if rate > best.0 {
             best = (rate, shape);
@@ -528,16 +538,37 @@ pub async fn throughput(config: &BenchConfig) -> Result<Vec<Table>> {
                 warren.label(),
                 raw.label()
             ),
-            &["variant", "warren msg/s", "raw lapin msg/s", "warren / raw", "raw + warren's headers msg/s", "warren / (raw + headers)"],
+            &[
+                "variant",
+                "warren msg/s",
+                "raw lapin msg/s",
+                "warren / raw",
+                "raw, stamped as warren msg/s",
+                "warren / (raw, stamped)",
+                "RabbitMQ CPU ms per 1,000 msgs: warren / raw / raw stamped",
+            ],
         );
         for mode in [Mode::Reliable, Mode::Transient] {
-            let (mut w, mut r, mut h) = (Vec::new(), Vec::new(), Vec::new());
+            let mut runs: [Vec<Drain>; 3] = Default::default();
             for _ in 0..config.rounds {
-                w.push(relay_once(config, admin, Relay::Warren, warren, mode).await?);
-                r.push(relay_once(config, admin, Relay::Raw, raw, mode).await?);
-                h.push(relay_once(config, admin, Relay::RawWithHeaders, raw, mode).await?);
+                for (i, relay) in [Relay::Warren, Relay::Raw, Relay::RawStamped]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let shape = if relay == Relay::Warren { warren } else { raw };
+                    runs[i].push(relay_once(config, admin, relay, shape, mode).await?);
+                }
             }
-            let (mw, mr, mh) = (median(w), median(r), median(h));
+            let rate = |i: usize| median(runs[i].iter().map(|d| d.rate).collect());
+            let cpu = |i: usize| {
+                let ms: Vec<f64> = runs[i].iter().filter_map(|d| d.broker_ms).collect();
+                if ms.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.0}", median(ms))
+                }
+            };
+            let (mw, mr, mh) = (rate(0), rate(1), rate(2));
             t.row(vec![
                 mode.label().into(),
                 fmt_rate(mw),
@@ -545,14 +576,17 @@ pub async fn throughput(config: &BenchConfig) -> Result<Vec<Table>> {
                 format!("{:.2}×", mw / mr),
                 fmt_rate(mh),
                 format!("{:.2}×", mw / mh),
+                format!("{} / {} / {}", cpu(0), cpu(1), cpu(2)),
             ]);
         }
         t.note = Some(format!(
             "Medians of {} alternating rounds; a queue is preloaded, then the relay drains it. \
              Target: warren at its defaults ≥ 1.0× the strongest raw relay (persistent + confirms). \
-             The third relay is the raw one adding the headers warren puts on an agent's output \
-             (sender, hops, version): it separates what the headers cost the broker from what the \
-             sandbox costs.",
+             The raw relay acks each message alone; warren acks runs of settled messages with one \
+             `multiple` ack. \"raw, stamped\" is the raw relay putting on each output what warren \
+             does (sender, hops, version as `app_id` / `type`, a timestamp): it separates what \
+             that costs the broker from what the sandbox costs. RabbitMQ's CPU time is read from \
+             its process (/proc) around each drain.",
             config.rounds
         ));
         Ok(vec![sweep, t])
@@ -575,7 +609,7 @@ pub async fn sweep(config: &BenchConfig) -> Result<Table> {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); config.sweep.len()];
         for _ in 0..config.rounds {
             for (i, &shape) in config.sweep.iter().enumerate() {
-                rates[i].push(relay_once(config, admin, Relay::Warren, shape, Mode::Reliable).await?);
+                rates[i].push(relay_once(config, admin, Relay::Warren, shape, Mode::Reliable).await?.rate);
             }
         }
         for (shape, rates) in config.sweep.iter().zip(rates) {

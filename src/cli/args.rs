@@ -136,6 +136,11 @@ pub struct QueueArgs {
     /// Queue type of agent queues.
     #[arg(long, value_enum, default_value_t = QueueType::Classic)]
     pub queue_type: QueueType,
+    /// Also write each output's sender, hops and version as the headers
+    /// x-warren-sender / x-warren-hops / x-warren-agent-version, for hosts
+    /// older than the app_id / type form during a rolling upgrade.
+    #[arg(long)]
+    pub legacy_headers: bool,
 }
 
 impl BrokerArgs {
@@ -180,6 +185,7 @@ impl BrokerArgs {
                     AmqpConfig {
                         prefetch: queues.prefetch,
                         queue_type: queues.queue_type,
+                        legacy_headers: queues.legacy_headers,
                         ..config
                     },
                     failed,

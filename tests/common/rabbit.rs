@@ -110,28 +110,33 @@ impl Vhost {
     /// `(ready, unacked)` of every queue of this vhost, by name, as
     /// RabbitMQ itself counts them.
     pub fn queues(&self) -> std::collections::HashMap<String, (u64, u64)> {
-        let out = Command::new("rabbitmqctl")
-            .args([
-                "list_queues",
-                "-p",
-                &self.name,
-                "--no-table-headers",
-                "--quiet",
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ])
-            .output()
-            .expect("running rabbitmqctl");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let name = f.next()?.to_string();
-                let ready = f.next()?.parse().ok()?;
-                let unacked = f.next()?.parse().ok()?;
-                Some((name, (ready, unacked)))
-            })
-            .collect()
+        queues_of(&self.name)
     }
+}
+
+/// [`Vhost::queues`] by the vhost's name (from another thread).
+pub fn queues_of(vhost: &str) -> std::collections::HashMap<String, (u64, u64)> {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-p",
+            vhost,
+            "--no-table-headers",
+            "--quiet",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .expect("running rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?.to_string();
+            let ready = f.next()?.parse().ok()?;
+            let unacked = f.next()?.parse().ok()?;
+            Some((name, (ready, unacked)))
+        })
+        .collect()
 }

@@ -160,6 +160,7 @@ impl AmqpBroker {
                 recoveries: AtomicU64::new(0),
                 settled: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
+                acks: Default::default(),
             }),
         };
         broker.inner.declare_exchanges().await?;

@@ -22,12 +22,13 @@ use anyhow::{Result, anyhow};
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use lapin::options::{BasicCancelOptions, BasicNackOptions};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::Inner;
+use super::acks::AckWindow;
 use super::headers::{Extra, envelope};
 use crate::broker::{Acker, Consumer, Delivery, Envelope, Route, Unroutable};
 use crate::names;
@@ -47,6 +48,8 @@ pub(super) struct AmqpConsumer {
     pub consumer: lapin::Consumer,
     /// The queue consumed; a reply queue is deleted when its consumer stops.
     pub queue: String,
+    /// This channel's outstanding deliveries, acked in batches.
+    pub window: Arc<AckWindow>,
 }
 
 /// What identifies a delivery across redeliveries: its message id, or for a
@@ -128,12 +131,20 @@ impl Consumer for AmqpConsumer {
             match self.consumer.next().await {
                 Some(Ok(d)) => {
                     let key = delivery_key(&d.properties, &d.data);
+                    let tag = d.delivery_tag;
+                    if !self.window.received(tag) {
+                        // The channel was recovered: its tags start again.
+                        self.window = Arc::new(self.window.renewed());
+                        self.window.received(tag);
+                    }
                     let (env, _) = envelope(&d.properties, d.data);
                     let done = self.inner.start_handling(&key);
                     let acker = AmqpAcker {
                         inner: self.inner.clone(),
                         agent: self.agent.clone(),
                         acker: d.acker,
+                        window: self.window.clone(),
+                        tag,
                         key,
                         redelivered: d.redelivered,
                         done,
@@ -197,6 +208,9 @@ struct AmqpAcker {
     inner: Arc<Inner>,
     agent: Option<String>,
     acker: lapin::Acker,
+    /// The window of the channel (incarnation) the delivery came on, and its tag.
+    window: Arc<AckWindow>,
+    tag: u64,
     /// See [`delivery_key`].
     key: String,
     redelivered: bool,
@@ -218,7 +232,7 @@ impl AmqpAcker {
     /// Acks the original. When the ack cannot reach the broker, the
     /// redelivery that follows is recognised as already handled.
     async fn ack_original(&self, envelope: &Envelope) -> Result<()> {
-        match self.acker.ack(BasicAckOptions::default()).await {
+        match self.window.ack(self.tag, self.acker.clone()).await {
             Ok(true) => Ok(()),
             Ok(false) => {
                 self.inner.remember_settled(&self.key, envelope.attempt);
@@ -244,7 +258,7 @@ impl AmqpAcker {
             requeue: true,
             ..Default::default()
         };
-        match self.acker.nack(opts).await {
+        match self.window.nack(self.tag, &self.acker, opts).await {
             Ok(true) => {}
             // The channel is gone: RabbitMQ requeues everything it held.
             Ok(false) => debug!("give-back: the delivery's channel is gone; RabbitMQ requeues it"),
@@ -343,7 +357,7 @@ impl Acker for AmqpAcker {
                 requeue: true,
                 ..Default::default()
             };
-            if let Err(e) = self.acker.nack(opts).await {
+            if let Err(e) = self.window.nack(self.tag, &self.acker, opts).await {
                 debug!(
                     "requeue of an abandoned delivery failed ({e}); the broker redelivers it on channel close"
                 );

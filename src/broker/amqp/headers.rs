@@ -1,5 +1,17 @@
 //! An [`Envelope`] as AMQP properties and headers, and back.
 //!
+//! What every agent's output carries — the sender, the hop count and the
+//! sender's version — travels in two plain properties, not in the header
+//! table: `app_id` is the sender and `type` is `warren/{hops}/{version}`.
+//! RabbitMQ decodes a message's header table on every publish and encodes
+//! it again on every delivery of a persistent message; with no table at all
+//! an agent's output costs the broker about a tenth less CPU (BENCHMARKS.md).
+//! Headers remain for what is rare (attempt > 1, retry and dead-letter
+//! notes, an agent's own `x-warren-*` headers). Both forms are read: hosts
+//! before this format, and outside publishers, write the headers
+//! `x-warren-sender`, `x-warren-hops`, `x-warren-agent-version`; a host can
+//! write them too (`AmqpConfig::legacy_headers`) while older hosts remain.
+//!
 //! Headers from outside publishers are not trusted blindly: a hop count that
 //! cannot be read is noted as a bad header (dispatch dead-letters it as over
 //! the hop limit, never as 0 hops), and every header value we write is
@@ -9,9 +21,9 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 
-use super::super::{Envelope, HEADER_BAD, bounded};
+use super::super::{Envelope, HEADER_AGENT_VERSION, HEADER_BAD, bounded};
 
 /// Header: the agent that produced the message.
 pub const HEADER_SENDER: &str = "x-warren-sender";
@@ -25,6 +37,13 @@ pub const HEADER_REASON: &str = "x-warren-reason";
 /// Longest value of any one header we write, in bytes.
 pub const MAX_HEADER_VALUE: usize = 4096;
 
+/// The `type` property of a message that carries its hops and sender's
+/// version as `warren/{hops}/{version}` (its sender is then `app_id`).
+pub const TYPE_PREFIX: &str = "warren/";
+
+/// Longest AMQP short string (`app_id`, `type`).
+const MAX_SHORT_STRING: usize = 255;
+
 /// Extra properties for a copy made while settling.
 #[derive(Default)]
 pub(super) struct Extra<'a> {
@@ -36,19 +55,53 @@ fn long_string(v: &str) -> AMQPValue {
     AMQPValue::LongString(bounded(v, MAX_HEADER_VALUE).as_ref().into())
 }
 
-pub(super) fn properties(env: &Envelope, extra: &Extra<'_>) -> BasicProperties {
+/// `app_id` and `type` for the envelope's sender, hops and version; `None`
+/// when it has none of them, or when one does not fit a short string (an
+/// outside publisher's long sender name: headers carry it then).
+fn stamp(env: &Envelope) -> Option<(Option<ShortString>, ShortString)> {
+    let version = env.headers.get(HEADER_AGENT_VERSION);
+    if env.sender.is_none() && env.hops == 0 && version.is_none() {
+        return None;
+    }
+    let kind = format!(
+        "{TYPE_PREFIX}{}/{}",
+        env.hops,
+        version.map(String::as_str).unwrap_or("")
+    );
+    let fits = |s: &str| s.len() <= MAX_SHORT_STRING;
+    if !fits(&kind) || !env.sender.as_deref().is_none_or(fits) {
+        return None;
+    }
+    Some((env.sender.as_deref().map(Into::into), kind.into()))
+}
+
+/// The properties (and, for what is rare, headers) of an envelope.
+/// `legacy_headers`: also write the sender, hops and version as headers,
+/// for hosts that read only those.
+pub(super) fn properties(
+    env: &Envelope,
+    extra: &Extra<'_>,
+    legacy_headers: bool,
+) -> BasicProperties {
+    let stamp = stamp(env);
+    let in_headers = legacy_headers || stamp.is_none();
     let mut headers = FieldTable::default();
     for (k, v) in &env.headers {
+        if k == HEADER_AGENT_VERSION && !in_headers {
+            continue;
+        }
         headers.insert(k.as_str().into(), long_string(v));
     }
-    if let Some(sender) = &env.sender {
-        headers.insert(HEADER_SENDER.into(), long_string(sender));
+    if in_headers {
+        if let Some(sender) = &env.sender {
+            headers.insert(HEADER_SENDER.into(), long_string(sender));
+        }
+        // Hops 0 is the default: absent means 0.
+        if env.hops > 0 {
+            headers.insert(HEADER_HOPS.into(), AMQPValue::LongLongInt(env.hops as i64));
+        }
     }
-    // Defaults (hops 0, attempt 1) are left out: every header costs the
-    // broker on every message (see BENCHMARKS.md), and absent means default.
-    if env.hops > 0 {
-        headers.insert(HEADER_HOPS.into(), AMQPValue::LongLongInt(env.hops as i64));
-    }
+    // Attempt 1 is the default: absent means 1.
     if env.attempt > 1 {
         headers.insert(
             HEADER_ATTEMPT.into(),
@@ -63,8 +116,18 @@ pub(super) fn properties(env: &Envelope, extra: &Extra<'_>) -> BasicProperties {
         .with_content_type("application/json".into())
         .with_message_id(env.id.as_str().into())
         .with_correlation_id(env.conversation_id.as_str().into())
-        .with_timestamp(env.timestamp / 1000)
-        .with_headers(headers);
+        .with_timestamp(env.timestamp / 1000);
+    // No table at all when there is nothing for it: RabbitMQ decodes even an
+    // empty one.
+    if !headers.inner().is_empty() {
+        props = props.with_headers(headers);
+    }
+    if let Some((app_id, kind)) = stamp {
+        props = props.with_type(kind);
+        if let Some(app_id) = app_id {
+            props = props.with_app_id(app_id);
+        }
+    }
     if let Some(reply_to) = &env.reply_to {
         props = props.with_reply_to(reply_to.as_str().into());
     }
@@ -95,6 +158,64 @@ fn header_u32(v: &AMQPValue) -> Option<u32> {
         AMQPValue::ShortShortUInt(n) => Some(*n as u32),
         other => header_str(other).and_then(|s| s.trim().parse().ok()),
     }
+}
+
+/// Where an AMQP message says it comes from, in either form.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// The agent that produced it.
+    pub sender: Option<String>,
+    /// Agent hops so far (`u32::MAX` when unreadable).
+    pub hops: u32,
+    /// The content hash of the sender's version.
+    pub version: Option<String>,
+}
+
+/// The sender, hops and version a message carries (properties, or the
+/// legacy headers): for tools and tests reading warren's output with their
+/// own AMQP client.
+pub fn origin(props: &BasicProperties) -> Origin {
+    let (env, _) = envelope(props, Vec::new());
+    Origin {
+        version: env.headers.get(HEADER_AGENT_VERSION).cloned(),
+        sender: env.sender,
+        hops: env.hops,
+    }
+}
+
+/// Reads `type` = `warren/{hops}/{version}` and `app_id` (the sender) into
+/// the envelope; `false` when `type` is not ours (an outside publisher's
+/// `app_id` is not taken for an agent's name then). A hop count that cannot
+/// be read counts as over the limit, as in a header.
+fn read_stamp(props: &BasicProperties, env: &mut Envelope) -> bool {
+    let Some(rest) = props
+        .kind()
+        .as_ref()
+        .and_then(|k| k.as_str().strip_prefix(TYPE_PREFIX))
+    else {
+        return false;
+    };
+    let (hops, version) = rest.split_once('/').unwrap_or((rest, ""));
+    match hops.parse::<u32>() {
+        Ok(hops) => env.hops = hops,
+        Err(_) => {
+            env.hops = u32::MAX;
+            env.headers.insert(
+                HEADER_BAD.to_string(),
+                format!("type = {}", bounded(rest, 80)),
+            );
+        }
+    }
+    if !version.is_empty() {
+        env.headers
+            .insert(HEADER_AGENT_VERSION.to_string(), version.to_string());
+    }
+    env.sender = props
+        .app_id()
+        .as_ref()
+        .map(|s| s.as_str().to_string())
+        .filter(|s| !s.is_empty());
+    true
 }
 
 /// A header value for a message about it: its type and a bounded rendering.
@@ -161,12 +282,17 @@ pub(super) fn envelope(props: &BasicProperties, body: Vec<u8>) -> (Envelope, Opt
         .map(|t| t.saturating_mul(1000))
         .unwrap_or(0);
     let mut reason = None;
+    let stamped = read_stamp(props, &mut env);
     if let Some(headers) = props.headers() {
         for (k, v) in headers.inner() {
             match k.as_str() {
-                HEADER_SENDER => env.sender = header_str(v),
+                // The properties win where both forms are present (a host
+                // writing legacy headers too); the higher hop count counts.
+                HEADER_SENDER if !stamped => env.sender = header_str(v),
+                HEADER_SENDER => {}
+                HEADER_AGENT_VERSION if stamped => {}
                 HEADER_HOPS => match header_u32(v) {
-                    Some(hops) => env.hops = hops,
+                    Some(hops) => env.hops = env.hops.max(hops),
                     None => {
                         env.hops = u32::MAX;
                         env.headers.insert(
@@ -218,16 +344,24 @@ mod tests {
             headers,
             body: b"{}".to_vec(),
         };
-        let props = properties(
-            &env,
-            &Extra {
-                reason: Some("why"),
-                ..Default::default()
-            },
-        );
-        let (back, reason) = envelope(&props, b"{}".to_vec());
-        assert_eq!(back, env);
-        assert_eq!(reason.as_deref(), Some("why"));
+        for legacy in [false, true] {
+            let props = properties(
+                &env,
+                &Extra {
+                    reason: Some("why"),
+                    ..Default::default()
+                },
+                legacy,
+            );
+            let (back, reason) = envelope(&props, b"{}".to_vec());
+            assert_eq!(back, env);
+            assert_eq!(reason.as_deref(), Some("why"));
+            let table = props.headers().as_ref().unwrap().inner();
+            assert_eq!(table.contains_key(HEADER_SENDER), legacy);
+            assert_eq!(table.contains_key(HEADER_AGENT_VERSION), legacy);
+            assert_eq!(props.app_id().as_ref().unwrap().as_str(), "agent_a");
+            assert_eq!(props.kind().as_ref().unwrap().as_str(), "warren/3/abc");
+        }
         // Two identical bodies without ids are two messages.
         let (a, _) = envelope(&BasicProperties::default(), b"{\"messages\":[]}".to_vec());
         let (b, _) = envelope(&BasicProperties::default(), b"{\"messages\":[]}".to_vec());
@@ -268,6 +402,71 @@ mod tests {
     }
 
     #[test]
+    fn an_agents_output_carries_no_header_table() {
+        let mut headers = BTreeMap::new();
+        headers.insert(HEADER_AGENT_VERSION.to_string(), "d80f4de5104c".to_string());
+        let env = Envelope {
+            id: "m-1".into(),
+            conversation_id: "c-1".into(),
+            sender: Some("echo".into()),
+            hops: 1,
+            attempt: 1,
+            headers,
+            ..Default::default()
+        };
+        let props = properties(&env, &Extra::default(), false);
+        assert!(props.headers().is_none(), "{:?}", props.headers());
+        assert_eq!(
+            props.kind().as_ref().unwrap().as_str(),
+            "warren/1/d80f4de5104c"
+        );
+        assert_eq!(envelope(&props, vec![]).0, env);
+        // A user's first message has no stamp at all.
+        let user = Envelope {
+            id: "u".into(),
+            conversation_id: "u".into(),
+            attempt: 1,
+            ..Default::default()
+        };
+        let props = properties(&user, &Extra::default(), false);
+        assert!(props.headers().is_none() && props.kind().is_none() && props.app_id().is_none());
+    }
+
+    #[test]
+    fn the_stamp_is_read_only_when_it_is_ours() {
+        // An outside publisher's app_id is not an agent's name.
+        let props = BasicProperties::default().with_app_id("swarm-client".into());
+        assert_eq!(envelope(&props, vec![]).0.sender, None);
+        // An unreadable hop count in ours counts as over the limit.
+        let props = BasicProperties::default()
+            .with_type("warren/many/v".into())
+            .with_app_id("a".into());
+        let env = envelope(&props, vec![]).0;
+        assert_eq!(env.hops, u32::MAX);
+        assert!(env.headers[HEADER_BAD].starts_with("type = many/v"));
+        // Both forms (a host writing legacy headers too, or an outside
+        // publisher adding one): the higher hop count counts.
+        let mut t = FieldTable::default();
+        t.insert(HEADER_HOPS.into(), AMQPValue::LongLongInt(9));
+        let props = BasicProperties::default()
+            .with_type("warren/2/v".into())
+            .with_headers(t);
+        assert_eq!(envelope(&props, vec![]).0.hops, 9);
+        // A sender too long for a short string travels in the headers.
+        let env = Envelope {
+            id: "m".into(),
+            conversation_id: "m".into(),
+            sender: Some("s".repeat(300)),
+            hops: 2,
+            attempt: 1,
+            ..Default::default()
+        };
+        let props = properties(&env, &Extra::default(), false);
+        assert!(props.kind().is_none());
+        assert_eq!(envelope(&props, vec![]).0, env);
+    }
+
+    #[test]
     fn header_values_are_bounded() {
         let env = Envelope {
             id: "m".into(),
@@ -280,6 +479,7 @@ mod tests {
                 reason: Some(&long),
                 ..Default::default()
             },
+            false,
         );
         let (_, reason) = envelope(&props, vec![]);
         let reason = reason.unwrap();

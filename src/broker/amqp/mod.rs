@@ -16,7 +16,8 @@
 //! pipelined (each publish awaits only its own confirm). A returned message
 //! becomes [`Unroutable`]. Settling a delivery by retry or dead-letter first
 //! publishes the copy (confirmed), then acks the original: a crash in between
-//! duplicates, never loses.
+//! duplicates, never loses. Acks of a channel's settled deliveries go out in
+//! batches (one `multiple` ack for a run of them, see `acks`).
 //!
 //! Recovery is lapin's own (`enable_auto_recover`): the connection, channels,
 //! QoS, confirm mode, declarations and consumers are replayed — on another
@@ -34,11 +35,13 @@
 //! - `publish` — confirmed, `mandatory` publishing that rides out a recovery;
 //! - `headers` — an [`Envelope`] to AMQP properties and back;
 //! - `consume` — consumers and settling a delivery (ack, retry, dead-letter);
+//! - `acks` — acking a channel's settled deliveries in batches (`multiple`);
 //! - `dead_letters` — reading, replaying and purging a dead-letter queue;
 //! - `peers` — hosts asking each other (traces), off the message path;
 //! - `unroutable` — the agent exchange's alternate exchange, and moving what
 //!   lands there to a dead-letter queue.
 
+mod acks;
 mod connection;
 mod consume;
 mod dead_letters;
@@ -50,7 +53,9 @@ mod topology;
 mod unroutable;
 mod url;
 
-pub use headers::{HEADER_ATTEMPT, HEADER_HOPS, HEADER_REASON, HEADER_SENDER};
+pub use headers::{
+    HEADER_ATTEMPT, HEADER_HOPS, HEADER_REASON, HEADER_SENDER, Origin, TYPE_PREFIX, origin,
+};
 pub use unroutable::UNROUTABLE;
 pub use url::redact;
 
@@ -66,6 +71,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use tracing::{debug, warn};
 
+use self::acks::{AckCounts, AckWindow};
 use self::consume::AmqpConsumer;
 use self::headers::Extra;
 use self::nodes::Nodes;
@@ -120,6 +126,11 @@ pub struct AmqpConfig {
     /// URL wins): a link that stays open but carries nothing is noticed
     /// after about twice this.
     pub heartbeat: u16,
+    /// Also write an agent output's sender, hops and version as the headers
+    /// `x-warren-sender`, `x-warren-hops`, `x-warren-agent-version` (which
+    /// hosts before the `app_id` / `type` form read), besides the
+    /// properties. Costs the broker a header table per message.
+    pub legacy_headers: bool,
 }
 
 impl AmqpConfig {
@@ -135,6 +146,7 @@ impl AmqpConfig {
             reliable: true,
             connect_timeout: Duration::from_secs(5),
             heartbeat: 10,
+            legacy_headers: false,
         }
     }
 }
@@ -172,6 +184,8 @@ struct Inner {
     settled: Mutex<HashMap<String, u32>>,
     /// Deliveries being handled, by key; set when settled (see `consume`).
     in_flight: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// Deliveries acked, and the ack frames that carried them (see `acks`).
+    acks: Arc<AckCounts>,
 }
 
 impl AmqpBroker {
@@ -188,6 +202,15 @@ impl AmqpBroker {
     /// How many times a publish or a consumer rode out a connection recovery.
     pub fn recoveries(&self) -> u64 {
         self.inner.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// `(deliveries acked, ack frames sent)` so far: how well acks batch.
+    pub fn ack_counts(&self) -> (u64, u64) {
+        let acks = &self.inner.acks;
+        (
+            acks.acked.load(Ordering::Relaxed),
+            acks.frames.load(Ordering::Relaxed),
+        )
     }
 }
 #[async_trait]
@@ -323,6 +346,7 @@ impl Broker for AmqpBroker {
             channel,
             consumer,
             queue: names::queue(agent),
+            window: Arc::new(AckWindow::new(inner.acks.clone())),
         }))
     }
 
@@ -367,6 +391,7 @@ impl Broker for AmqpBroker {
             channel,
             consumer,
             queue: name.clone(),
+            window: Arc::new(AckWindow::new(inner.acks.clone())),
         };
         Ok((name, Box::new(consumer)))
     }

@@ -238,7 +238,7 @@ impl Inner {
             &self.settle,
             "",
             queue,
-            properties(env, &extra),
+            properties(env, &extra, self.config.legacy_headers),
             &env.body,
             route,
         )
@@ -258,7 +258,7 @@ impl Inner {
         self.publish(
             exchange,
             &routing_key,
-            properties(env, &extra),
+            properties(env, &extra, self.config.legacy_headers),
             &env.body,
             route,
         )

@@ -1,0 +1,261 @@
+//! Acknowledging in batches: one `basic.ack` with `multiple = true` for a
+//! run of settled deliveries.
+//!
+//! RabbitMQ numbers deliveries per channel (1, 2, 3, ...), and an ack with
+//! `multiple` settles every unacked delivery up to its tag. A run of settled
+//! deliveries at the front of a consumer channel's outstanding ones therefore
+//! costs one frame, one hand-off to lapin's I/O loop and one ack in the
+//! broker instead of one each. Under load most deliveries settle in about
+//! the order they came, so runs are long; at low load a delivery is usually
+//! the front one and is acked at once, alone.
+//!
+//! What keeps it safe:
+//! - A batch never passes a delivery that is not settled by an ack: one still
+//!   being handled, or one whose nack (give-back) is under way, ends the run.
+//!   Passing it would ack a message nobody handled (lost) or race its nack.
+//! - The batch's tag is always one of the deliveries being acked: RabbitMQ
+//!   closes the channel on a tag it does not know.
+//! - One batch at a time per channel, and a lone ack or nack blocks the run
+//!   until it has been sent, so no frame can overtake another and ack a tag
+//!   twice.
+//! - A settled delivery behind one that takes long (a slow LLM call) is not
+//!   held for it: after [`LINGER`] it is acked alone, so it does not keep a
+//!   prefetch slot or risk a second handling after a crash for longer.
+//! - A recovered channel counts tags from 1 again: the consumer starts a new
+//!   window when a tag is not above the last one (lapin poisons the old
+//!   window's ackers, so their acks report the loss as before).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::Acker;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::sync::oneshot;
+
+/// How long a settled delivery waits for the deliveries before it to settle
+/// (so it can join their batch) before it is acked alone.
+pub(super) const LINGER: Duration = Duration::from_millis(10);
+
+/// What sending an ack came to: `Ok(true)` sent; `Ok(false)` the channel was
+/// lost first (lapin's answer for a poisoned acker); `Err` the reason sending
+/// failed.
+pub(super) type Sent = Result<bool, String>;
+
+/// Deliveries acked and the frames that carried them, for a connection.
+#[derive(Default)]
+pub(super) struct AckCounts {
+    pub acked: AtomicU64,
+    pub frames: AtomicU64,
+}
+
+impl AckCounts {
+    fn sent(&self, deliveries: usize) {
+        self.acked.fetch_add(deliveries as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The outstanding deliveries of one consumer channel (one incarnation of
+/// it: see the module docs).
+pub(super) struct AckWindow {
+    state: Mutex<State>,
+    counts: Arc<AckCounts>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Every delivery not yet acked or nacked, by tag.
+    outstanding: BTreeMap<u64, Slot>,
+    /// The highest tag received.
+    last_tag: u64,
+    /// A batch is being sent.
+    flushing: bool,
+}
+
+enum Slot {
+    /// Received, not settled yet.
+    Handling,
+    /// Settled by an ack; waits to be sent in a batch.
+    Settled {
+        acker: Acker,
+        done: oneshot::Sender<Sent>,
+    },
+    /// A lone ack or nack is being sent.
+    Sending,
+}
+
+/// Clears `flushing` however the batch ends (also if its task is dropped
+/// mid-send), so acks never stop for the channel.
+struct Flushing<'a>(&'a AckWindow);
+
+impl Drop for Flushing<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().flushing = false;
+    }
+}
+
+impl AckWindow {
+    pub(super) fn new(counts: Arc<AckCounts>) -> Self {
+        AckWindow {
+            state: Mutex::default(),
+            counts,
+        }
+    }
+
+    /// An empty window for the same channel's next incarnation.
+    pub(super) fn renewed(&self) -> Self {
+        Self::new(self.counts.clone())
+    }
+
+    /// Registers a delivery; `false` when its tag is not above the last one
+    /// (the channel was recovered: the caller starts a new window).
+    pub(super) fn received(&self, tag: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if tag <= state.last_tag {
+            return false;
+        }
+        state.last_tag = tag;
+        state.outstanding.insert(tag, Slot::Handling);
+        true
+    }
+
+    /// Acks delivery `tag`: in a batch with the settled deliveries around it
+    /// when it is (or soon becomes) part of the front run, alone after
+    /// [`LINGER`] otherwise.
+    pub(super) async fn ack(&self, tag: u64, acker: Acker) -> Sent {
+        let (done, mut result) = oneshot::channel();
+        let alone = {
+            let mut state = self.state.lock().unwrap();
+            match state.outstanding.get_mut(&tag) {
+                Some(slot @ Slot::Handling) => {
+                    *slot = Slot::Settled { acker, done };
+                    None
+                }
+                // Not in this window (cannot happen: every delivery is
+                // registered): ack it alone.
+                _ => Some(acker),
+            }
+        };
+        if let Some(acker) = alone {
+            self.counts.sent(1);
+            return sent(acker.ack(BasicAckOptions::default()).await);
+        }
+        self.flush().await;
+        if let Ok(r) = tokio::time::timeout(LINGER, &mut result).await {
+            return r.unwrap_or_else(|_| Err("the batch carrying the ack was dropped".into()));
+        }
+        // Still waiting behind an unsettled delivery: ack alone, unless a
+        // batch took it meanwhile.
+        let acker = {
+            let mut state = self.state.lock().unwrap();
+            match state.outstanding.get_mut(&tag) {
+                Some(slot @ Slot::Settled { .. }) => match std::mem::replace(slot, Slot::Sending) {
+                    Slot::Settled { acker, .. } => Some(acker),
+                    _ => unreachable!("matched as settled"),
+                },
+                _ => None,
+            }
+        };
+        match acker {
+            Some(acker) => {
+                self.counts.sent(1);
+                let r = sent(acker.ack(BasicAckOptions::default()).await);
+                self.sent_alone(tag).await;
+                r
+            }
+            None => result
+                .await
+                .unwrap_or_else(|_| Err("the batch carrying the ack was dropped".into())),
+        }
+    }
+
+    /// Nacks delivery `tag` alone; the run stops at it until the nack has
+    /// been sent.
+    pub(super) async fn nack(&self, tag: u64, acker: &Acker, options: BasicNackOptions) -> Sent {
+        let registered = {
+            let mut state = self.state.lock().unwrap();
+            match state.outstanding.get_mut(&tag) {
+                Some(slot) => {
+                    *slot = Slot::Sending;
+                    true
+                }
+                None => false,
+            }
+        };
+        let r = sent(acker.nack(options).await);
+        if registered {
+            self.sent_alone(tag).await;
+        }
+        r
+    }
+
+    /// A lone ack or nack was sent: the delivery is no longer outstanding,
+    /// which may free the run behind it.
+    async fn sent_alone(&self, tag: u64) {
+        self.state.lock().unwrap().outstanding.remove(&tag);
+        self.flush().await;
+    }
+
+    /// Sends the settled run at the front, one batch after another, unless
+    /// a batch is already being sent (its sender goes on with the next).
+    async fn flush(&self) {
+        loop {
+            let batch = {
+                let mut state = self.state.lock().unwrap();
+                if state.flushing {
+                    return;
+                }
+                let run: Vec<u64> = state
+                    .outstanding
+                    .iter()
+                    .take_while(|(_, slot)| matches!(slot, Slot::Settled { .. }))
+                    .map(|(tag, _)| *tag)
+                    .collect();
+                if run.is_empty() {
+                    return;
+                }
+                state.flushing = true;
+                run.into_iter()
+                    .filter_map(|tag| match state.outstanding.remove(&tag) {
+                        Some(Slot::Settled { acker, done }) => Some((acker, done)),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let _flushing = Flushing(self);
+            let Some((top, _)) = batch.last() else {
+                continue;
+            };
+            let options = BasicAckOptions {
+                multiple: batch.len() > 1,
+            };
+            self.counts.sent(batch.len());
+            let r = sent(top.ack(options).await);
+            for (_, done) in batch {
+                // Its waiter may be gone (a dropped task): nothing to tell.
+                let _ = done.send(r.clone());
+            }
+        }
+    }
+}
+
+fn sent(r: lapin::Result<bool>) -> Sent {
+    r.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_not_above_the_last_starts_a_new_window() {
+        let w = AckWindow::new(Default::default());
+        assert!(w.received(1));
+        assert!(w.received(2));
+        assert!(!w.received(1), "tags restart after a channel recovery");
+        assert!(!w.received(2));
+        assert!(w.received(3));
+    }
+}
