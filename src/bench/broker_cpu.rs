@@ -1,8 +1,8 @@
-//! RabbitMQ's own CPU time during a run, when the broker is a process on
-//! this machine: what a relay costs the broker, per message. On two cores
-//! shared by the broker and the relay, msg/s moves by ±10% from run to run;
-//! the broker's CPU seconds per message move far less, and they are what
-//! headers and acks in batches change.
+//! CPU time during a run: RabbitMQ's, when the broker is a process on this
+//! machine, and the relay's own. On two cores shared by the broker and the
+//! relay, msg/s moves by ±10% from run to run; CPU seconds per message move
+//! far less, and they say where the time goes: the broker's is what headers
+//! and acks in batches change, the relay's what the sandbox path costs.
 
 use std::path::Path;
 
@@ -32,6 +32,12 @@ impl BrokerCpu {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
         cpu_seconds(&stat)
     }
+}
+
+/// CPU seconds (user + system) this process has used so far: the relay's
+/// own cost (in the benchmark, warren's host and the raw relay run in it).
+pub(super) fn own_seconds() -> Option<f64> {
+    cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
 /// user + system time from a `/proc/PID/stat` line.

