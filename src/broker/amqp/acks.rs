@@ -38,6 +38,9 @@ use tokio::sync::oneshot;
 /// (so it can join their batch) before it is acked alone.
 pub(super) const LINGER: Duration = Duration::from_millis(10);
 
+/// Why an ack's outcome is unknown: the task sending its batch was dropped.
+const DROPPED: &str = "the batch carrying the ack was dropped";
+
 /// What sending an ack came to: `Ok(true)` sent; `Ok(false)` the channel was
 /// lost first (lapin's answer for a poisoned acker); `Err` the reason sending
 /// failed.
@@ -143,8 +146,14 @@ impl AckWindow {
             return sent(acker.ack(BasicAckOptions::default()).await);
         }
         self.flush().await;
+        // Usually sent by now (this task sent the batch): no timer then.
+        match result.try_recv() {
+            Ok(r) => return r,
+            Err(oneshot::error::TryRecvError::Closed) => return Err(DROPPED.into()),
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
         if let Ok(r) = tokio::time::timeout(LINGER, &mut result).await {
-            return r.unwrap_or_else(|_| Err("the batch carrying the ack was dropped".into()));
+            return r.unwrap_or_else(|_| Err(DROPPED.into()));
         }
         // Still waiting behind an unsettled delivery: ack alone, unless a
         // batch took it meanwhile.
@@ -165,9 +174,7 @@ impl AckWindow {
                 self.sent_alone(tag).await;
                 r
             }
-            None => result
-                .await
-                .unwrap_or_else(|_| Err("the batch carrying the ack was dropped".into())),
+            None => result.await.unwrap_or_else(|_| Err(DROPPED.into())),
         }
     }
 
