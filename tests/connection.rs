@@ -226,3 +226,75 @@ async fn a_frozen_link_is_noticed_and_recovered_from() {
     expect_echoes(5, waiting).await;
     t.host.shutdown().await;
 }
+
+/// A closed connection comes back with every channel: lapin declares each
+/// channel's queues again by name, and one refusal (a server-made
+/// `amq.gen-*` name, another connection's exclusive queue) fails the whole
+/// recovery, consumers included. The host's question queue (for traces) is
+/// the one that used to be refused: right after the recovery the host
+/// answers a question at once, keeps its connection, and echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_comes_back_with_every_channel() {
+    common::logs::capture("warn");
+    let vh = Vhost::new();
+    let host_broker = Arc::new(
+        AmqpBroker::connect(AmqpConfig::new(vh.url()))
+            .await
+            .unwrap(),
+    );
+    let t = start_on(
+        host_broker.clone(),
+        plugins_dir(&["echo"]),
+        runtime_config(InstanceMode::Reuse),
+        fast_dispatch(),
+    )
+    .await;
+    let user: Arc<dyn Broker> = vh.broker().await;
+    let question = serde_json::to_vec(&serde_json::json!({
+        "from": "the test",
+        "ask": {"kind": "recent", "limit": 1}
+    }))
+    .unwrap();
+    let asked = |wait| {
+        let (user, question) = (user.clone(), question.clone());
+        async move { user.ask_peers(question, wait).await.unwrap().len() }
+    };
+    let started = Instant::now();
+    while asked(Duration::from_millis(500)).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the host never answered"
+        );
+    }
+    expect_echoes(0, (0..5).map(|i| ask_echo(user.clone(), i)).collect()).await;
+
+    vh.close_all_connections();
+    let closed = Instant::now();
+    // The user's own connection is closed too: it recovers by itself.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while !host_broker.connected() {
+        assert!(
+            closed.elapsed() < Duration::from_secs(30),
+            "the host did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The question queue is back with the rest: answers within a few
+    // seconds (a refused recovery leaves the answering loop in its 5 s pause).
+    let back = Instant::now();
+    let mut answers = 0;
+    while answers == 0 && back.elapsed() < Duration::from_secs(3) {
+        answers = asked(Duration::from_millis(500)).await;
+    }
+    assert_eq!(answers, 1, "the host answers questions again at once");
+    assert!(host_broker.connected(), "the recovery held");
+    let logs = common::logs::text();
+    for refusal in ["ACCESS_REFUSED", "RESOURCE_LOCKED"] {
+        assert!(
+            !logs.contains(refusal),
+            "a channel's recovery was refused: {logs}"
+        );
+    }
+    expect_echoes(5, (5..25).map(|i| ask_echo(user.clone(), i)).collect()).await;
+    t.host.shutdown().await;
+}

@@ -1,7 +1,7 @@
 //! Hosts asking each other (for traces): a question goes to every host on
 //! the broker through a fanout exchange, `{exchange}.peers`; each host has
-//! a private queue bound to it and answers to the asker's direct reply-to
-//! (`amq.rabbitmq.reply-to`). Nothing of it is durable or confirmed: a
+//! its own queue (`{exchange}.peers.{random}`) bound to it and answers to
+//! the asker's direct reply-to (`amq.rabbitmq.reply-to`). Nothing of it is durable or confirmed: a
 //! question is asked again by whoever needs the answer, and costs the
 //! message path nothing.
 
@@ -26,6 +26,9 @@ const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// How long an unanswered question waits in a host's queue.
 const QUESTION_TTL_MS: i64 = 10_000;
+
+/// How long a host's question queue outlives its last use.
+const QUEUE_EXPIRES: Duration = Duration::from_secs(60);
 
 impl Inner {
     fn peers_exchange(&self) -> String {
@@ -100,11 +103,26 @@ impl Inner {
             AMQPValue::LongLongInt(QUESTION_TTL_MS),
         );
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(100));
-        let queue = channel
+        args.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(QUEUE_EXPIRES.as_millis() as i64),
+        );
+        // A client-chosen name, not exclusive: lapin's recovery declares the
+        // channel's queues again by name, and RabbitMQ refuses a server-made
+        // `amq.gen-*` name (403) or another connection's exclusive queue
+        // (405, the old connection not given up on yet). One channel whose
+        // recovery fails puts the whole connection, consumers and all, in
+        // error. Auto-delete goes with this host's consumer; `x-expires`
+        // with a host that died between declaring and consuming.
+        let queue = format!(
+            "{}.{}",
+            self.peers_exchange(),
+            &crate::dispatch::new_id()[2..18]
+        );
+        channel
             .queue_declare(
-                "".into(),
+                queue.as_str().into(),
                 QueueDeclareOptions {
-                    exclusive: true,
                     auto_delete: true,
                     ..Default::default()
                 },
@@ -114,7 +132,7 @@ impl Inner {
             .context("declaring this host's question queue")?;
         channel
             .queue_bind(
-                queue.name().as_str().into(),
+                queue.as_str().into(),
                 self.peers_exchange().as_str().into(),
                 "".into(),
                 QueueBindOptions::default(),
@@ -122,7 +140,7 @@ impl Inner {
             )
             .await
             .context("binding this host's question queue")?;
-        let mut questions = consume_unacked(&channel, queue.name().as_str())
+        let mut questions = consume_unacked(&channel, &queue)
             .await
             .context("consuming this host's question queue")?;
         loop {
