@@ -4,165 +4,28 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::amqp::*;
 use common::rabbit::Vhost;
 use common::*;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
-};
+use lapin::BasicProperties;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::dispatch::{DispatchConfig, Event};
 use warren::runtime::InstanceMode;
-use warren::{Broker, client, names};
+use warren::{Broker, client};
 
 const SEED_BODY: &[u8] = br#"{"messages":[{"role":"user","content":"I want to talk to agent B."}],"context_variables":{"user":"alice"},"agent":"Agent A"}"#;
-
-async fn amqp(vh: &Vhost) -> Arc<dyn Broker> {
-    Arc::new(
-        AmqpBroker::connect(AmqpConfig::new(vh.url()))
-            .await
-            .unwrap(),
-    )
-}
-
-async fn host(vh: &Vhost, guests: &[&str], dispatch: DispatchConfig) -> TestHost {
-    start_on(
-        amqp(vh).await,
-        plugins_dir(guests),
-        runtime_config(InstanceMode::Reuse),
-        dispatch,
-    )
-    .await
-}
-
-/// A plain AMQP client, as the seed (pika) would be.
-async fn plain_client(vh: &Vhost) -> (Connection, lapin::Channel) {
-    let conn = Connection::connect(&vh.url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    (conn, ch)
-}
-
-async fn declare_plain_queue(ch: &lapin::Channel, name: &str) {
-    Vhost::declare_queue(ch, name).await
-}
-
-/// Publishes `n` user messages to `agent` (pipelined confirms); returns their ids.
-async fn publish_many(
-    ch: &lapin::Channel,
-    agent: &str,
-    n: usize,
-    reply_to: &str,
-    text: &str,
-) -> Vec<String> {
-    let body = format!(
-        r#"{{"messages":[{{"role":"user","content":"{text}"}}],"context_variables":{{"user":"u"}}}}"#
-    );
-    let mut confirms = Vec::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("load-{i}");
-        let props = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_correlation_id(id.as_str().into())
-            .with_reply_to(reply_to.into())
-            .with_delivery_mode(2);
-        let c = ch
-            .basic_publish(
-                "agent_exchange".into(),
-                format!("agent.{agent}").as_str().into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props,
-            )
-            .await
-            .unwrap();
-        confirms.push(c);
-        ids.push(id);
-    }
-    for c in futures::future::join_all(confirms).await {
-        assert!(c.unwrap().is_ack());
-    }
-    ids
-}
-
-/// Consumes `queue` until every id in `expected` has been seen; returns how
-/// often each correlation id arrived.
-async fn collect_replies(
-    ch: &lapin::Channel,
-    queue: &str,
-    expected: usize,
-    timeout: Duration,
-) -> HashMap<String, usize> {
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    async fn record(seen: &mut HashMap<String, usize>, d: lapin::message::Delivery) {
-        let cid = d
-            .properties
-            .correlation_id()
-            .as_ref()
-            .unwrap()
-            .as_str()
-            .to_string();
-        *seen.entry(cid).or_default() += 1;
-        d.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while seen.len() < expected {
-        let d = match tokio::time::timeout_at(deadline, consumer.next()).await {
-            Ok(Some(Ok(d))) => d,
-            Ok(other) => panic!("reply consumer ended: {other:?}"),
-            Err(_) => panic!("timed out: {} of {expected} replies", seen.len()),
-        };
-        record(&mut seen, d).await;
-    }
-    // Let stragglers (duplicates) arrive before counting.
-    while let Ok(Some(Ok(d))) =
-        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
-    {
-        record(&mut seen, d).await;
-    }
-    seen
-}
-
-async fn wait_until_empty(t: &TestHost, agents: &[&str]) {
-    for _ in 0..100 {
-        let stats = t.broker.stats().await.unwrap();
-        if agents
-            .iter()
-            .all(|a| stats.iter().any(|s| s.agent == *a && s.message_count == 0))
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "queues did not drain: {:?}",
-        t.broker.stats().await.unwrap()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_client_publish_is_handed_off_and_answered() {
     let vh = Vhost::new();
     let t = host(&vh, &["agent_a", "agent_b"], fast_dispatch()).await;
-    let (_conn, ch) = plain_client(&vh).await;
+    let (_conn, ch) = vh.plain_client().await;
     // Exactly what the seed does: the body on agent_exchange, routing key agent.agent_a, no properties.
     ch.basic_publish(
         "agent_exchange".into(),
@@ -226,140 +89,6 @@ async fn seed_client_publish_is_handed_off_and_answered() {
     .await
     .unwrap();
     assert_eq!(outcome.reply.unwrap().from.as_deref(), Some("agent_b"));
-    t.host.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_messages_through_a_to_b_arrive_exactly_once() {
-    let vh = Vhost::new();
-    let amqp = vh.broker().await;
-    let t = start_on(
-        amqp.clone(),
-        plugins_dir(&["agent_a", "agent_b"]),
-        runtime_config(InstanceMode::Reuse),
-        DispatchConfig {
-            consumers_per_agent: 4,
-            ..fast_dispatch()
-        },
-    )
-    .await;
-    let (_conn, ch) = plain_client(&vh).await;
-    declare_plain_queue(&ch, "test_replies").await;
-    let ids = publish_many(
-        &ch,
-        "agent_a",
-        10_000,
-        "test_replies",
-        "I want to talk to agent B.",
-    )
-    .await;
-    let seen = collect_replies(&ch, "test_replies", ids.len(), Duration::from_secs(240)).await;
-    assert_eq!(seen.len(), ids.len());
-    for id in &ids {
-        assert_eq!(seen.get(id), Some(&1), "conversation {id}");
-    }
-    wait_until_empty(&t, &["agent_a", "agent_b"]).await;
-    let stats = t.broker.stats().await.unwrap();
-    assert!(stats.iter().all(|s| s.dead_letter_count == 0), "{stats:?}");
-    // A backlog's acks go out in batches: fewer ack frames than deliveries.
-    let (acked, frames) = amqp.ack_counts();
-    println!("{acked} deliveries acked in {frames} ack frames");
-    assert!(acked >= 20_000, "{acked}");
-    assert!(frames < acked, "{frames} frames for {acked} acks");
-    t.host.shutdown().await;
-}
-
-/// Acks go out in batches (one `multiple` ack for a run of settled
-/// deliveries), but a batch never passes a delivery still being handled:
-/// while a slow message holds the front of its channel, the quick ones
-/// behind it — answered, dead-lettered — are acked (alone, after a short
-/// wait), and the slow one stays unacked until it is done. Nothing is acked
-/// twice (RabbitMQ would close the channel) and nothing is answered twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batched_acks_never_pass_a_delivery_still_being_handled() {
-    let vh = Vhost::new();
-    let t = start_on(
-        amqp(&vh).await,
-        plugins_dir(&["chaos"]),
-        warren::runtime::RuntimeConfig {
-            deadline: Duration::from_secs(30),
-            ..runtime_config(InstanceMode::Reuse)
-        },
-        DispatchConfig {
-            consumers_per_agent: 1,
-            in_flight_per_consumer: 64,
-            ..fast_dispatch()
-        },
-    )
-    .await;
-    let (_conn, ch) = plain_client(&vh).await;
-    declare_plain_queue(&ch, "acks_out").await;
-    let publish = async |id: &str, text: &str| {
-        let body = format!(r#"{{"messages":[{{"role":"user","content":"{text}"}}]}}"#);
-        let props = BasicProperties::default()
-            .with_message_id(id.into())
-            .with_correlation_id(id.into())
-            .with_reply_to("acks_out".into())
-            .with_delivery_mode(2);
-        ch.basic_publish(
-            "agent_exchange".into(),
-            "agent.chaos".into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    };
-    let started = std::time::Instant::now();
-    publish("slow", "sleep:8000").await;
-    for i in 0..150 {
-        if i % 10 == 5 {
-            publish(&format!("bad-{i}"), "reject:not wanted").await;
-        } else {
-            publish(&format!("quick-{i}"), "hello").await;
-        }
-    }
-    // While the slow delivery is still in the guest (8 s), everything behind
-    // it is acked, and it is not: RabbitMQ counts exactly one unacked.
-    let name = vh.name.clone();
-    let snapshot = tokio::task::spawn_blocking(move || {
-        let mut queues = common::rabbit::queues_of(&name);
-        while started.elapsed() < Duration::from_secs(7) {
-            if queues.get("agent_chaos_queue") == Some(&(0, 1))
-                && queues.get("agent_chaos_queue.dlq") == Some(&(15, 0))
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            queues = common::rabbit::queues_of(&name);
-        }
-        (queues, started.elapsed())
-    });
-    let seen = collect_replies(&ch, "acks_out", 136, Duration::from_secs(30)).await;
-    assert_eq!(seen.len(), 136, "{seen:?}");
-    assert!(seen.values().all(|&n| n == 1), "answered twice: {seen:?}");
-    assert_eq!(seen.get("slow"), Some(&1));
-    let (queues, when) = snapshot.await.unwrap();
-    assert!(when < Duration::from_secs(8), "looked too late: {when:?}");
-    assert_eq!(
-        queues["agent_chaos_queue"],
-        (0, 1),
-        "{queues:?} after {when:?}"
-    );
-    assert_eq!(queues["agent_chaos_queue.dlq"], (15, 0), "{queues:?}");
-    // Then the slow one is acked too.
-    let mut queues = vh.queues();
-    for _ in 0..50 {
-        if queues["agent_chaos_queue"] == (0, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        queues = vh.queues();
-    }
-    assert_eq!(queues["agent_chaos_queue"], (0, 0), "{queues:?}");
     t.host.shutdown().await;
 }
 
@@ -461,96 +190,6 @@ async fn retry_backs_off_through_delay_queues_then_dead_letters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_recovers_from_close_all_connections_and_loses_nothing() {
-    let vh = Vhost::new();
-    let amqp = AmqpBroker::connect(AmqpConfig::new(vh.url()))
-        .await
-        .unwrap();
-    // One consumer with a small window: the host is still mid-run when the
-    // 5,000 messages are all published and the cut comes (a faster host
-    // could finish first, and there would be nothing to ride out).
-    let dispatch = DispatchConfig {
-        consumers_per_agent: 1,
-        in_flight_per_consumer: 2,
-        ..fast_dispatch()
-    };
-    let t = start_on(
-        Arc::new(amqp.clone()),
-        plugins_dir(&["agent_a", "agent_b"]),
-        runtime_config(InstanceMode::Reuse),
-        dispatch,
-    )
-    .await;
-    let (conn, ch) = plain_client(&vh).await;
-    declare_plain_queue(&ch, "test_replies").await;
-    let ids = publish_many(
-        &ch,
-        "agent_a",
-        5_000,
-        "test_replies",
-        "I want to talk to agent B.",
-    )
-    .await;
-    // Cut every connection while the host is mid-run.
-    for _ in 0..200 {
-        let q = ch
-            .queue_declare(
-                "test_replies".into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        if q.message_count() >= 500 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pending = ch
-        .queue_declare(
-            names::queue("agent_a").as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count();
-    assert!(
-        pending > 0,
-        "the host finished before the cut: nothing to ride out"
-    );
-    vh.close_all_connections();
-    drop((ch, conn));
-    // A fresh client collects the replies; the host must recover by itself.
-    let (_conn, ch) = plain_client(&vh).await;
-    let seen = collect_replies(&ch, "test_replies", ids.len(), Duration::from_secs(240)).await;
-    for id in &ids {
-        assert!(seen.contains_key(id), "conversation {id} lost");
-    }
-    // Duplicates may only be redeliveries of the same id: no unknown ids.
-    assert_eq!(seen.len(), ids.len());
-    assert!(
-        amqp.recoveries() > 0,
-        "the cut happened mid-run and the host rode it out"
-    );
-    wait_until_empty(&t, &["agent_a", "agent_b"]).await;
-    let stats = t.broker.stats().await.unwrap();
-    assert!(
-        stats
-            .iter()
-            .all(|s| s.consumer_count == 1 && s.dead_letter_count == 0),
-        "{stats:?}"
-    );
-    t.host.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_queues() {
     let vh = Vhost::new();
     let one = DispatchConfig {
@@ -563,8 +202,8 @@ async fn two_hosts_share_the_queues() {
     let echo = stats.iter().find(|s| s.agent == "echo").unwrap();
     assert_eq!(echo.consumer_count, 2);
     assert_eq!(echo.status, "active");
-    let (_conn, ch) = plain_client(&vh).await;
-    declare_plain_queue(&ch, "test_replies").await;
+    let (_conn, ch) = vh.plain_client().await;
+    Vhost::declare_queue(&ch, "test_replies").await;
     let ids = publish_many(&ch, "echo", 400, "test_replies", "ping").await;
     let seen = collect_replies(&ch, "test_replies", ids.len(), Duration::from_secs(60)).await;
     assert_eq!(seen.len(), 400);
@@ -766,8 +405,8 @@ async fn quorum_queues_and_idempotent_redeclaration() {
 async fn answers_to_a_vanished_reply_queue_are_dead_lettered_not_lost() {
     let vh = Vhost::new();
     let t = host(&vh, &["echo"], fast_dispatch()).await;
-    let (_conn, ch) = plain_client(&vh).await;
-    declare_plain_queue(&ch, "alive_replies").await;
+    let (_conn, ch) = vh.plain_client().await;
+    Vhost::declare_queue(&ch, "alive_replies").await;
     let mut confirms = Vec::new();
     for i in 0..2_000 {
         let reply_to = if i % 2 == 0 {

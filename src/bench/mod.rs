@@ -6,7 +6,9 @@
 //! its defaults, as a user runs it; the two alternate over several rounds.
 //! The benchmark reports; it asserts nothing.
 //!
-//! - [`relay`] — throughput on RabbitMQ, warren vs raw, and the settings sweep.
+//! - [`relay`] — the relays: warren hosting the echo agent, the raw lapin relay.
+//! - [`throughput`] — throughput on RabbitMQ, warren vs raw, the settings sweep
+//!   and the guest languages.
 //! - [`latency`] — latency on RabbitMQ at paced rates, steady and while swapping.
 //! - [`local`] — Wasm call cost, embedded-broker hops, start-up time and RSS.
 //! - `broker_cpu` — RabbitMQ's CPU time per message, read from its process.
@@ -15,6 +17,7 @@ mod broker_cpu;
 pub mod latency;
 pub mod local;
 pub mod relay;
+pub mod throughput;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -237,18 +240,18 @@ pub async fn run(config: &BenchConfig, mut print: impl FnMut(&Table)) -> Result<
     }
     if !config.skip_rabbitmq {
         if want(TableKind::Throughput) {
-            for t in relay::throughput(config).await? {
+            for t in throughput::throughput(config).await? {
                 emit(t, &mut tables);
             }
         }
         if want(TableKind::Sweep) {
-            emit(relay::sweep(config).await?, &mut tables);
+            emit(throughput::sweep(config).await?, &mut tables);
         }
         if want(TableKind::Latency) {
             emit(latency::latency(config).await?, &mut tables);
         }
         if want(TableKind::Languages) {
-            emit(relay::languages(config).await?, &mut tables);
+            emit(throughput::languages(config).await?, &mut tables);
         }
     }
     Ok(tables)

@@ -2,6 +2,7 @@
 //! folder, and waiting for dispatch events.
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod cluster;
 pub mod http;
 pub mod logs;
