@@ -134,6 +134,12 @@ impl MemoryBroker {
         Self::default()
     }
 
+    /// Messages ready in queue `name` (`None`: no such queue), e.g. replies
+    /// left to pile up while something else is measured.
+    pub fn ready(&self, name: &str) -> Option<usize> {
+        self.queue(name).map(|q| q.lock().ready.len())
+    }
+
     fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.inner.queues.read().unwrap().get(name).cloned()
     }
