@@ -106,7 +106,7 @@ pub struct DispatchConfig {
 
 /// Deliveries each consumer handles at once unless configured (see
 /// `broker::amqp::DEFAULT_PREFETCH`: the two go together).
-pub const DEFAULT_IN_FLIGHT: usize = 128;
+pub const DEFAULT_IN_FLIGHT: usize = 256;
 
 impl Default for DispatchConfig {
     fn default() -> Self {

@@ -64,8 +64,8 @@ fn chaos(args: &[&str]) -> Vec<Vec<String>> {
         assert_eq!(dead, "0", "{fault}: {row:?}");
         assert_eq!(unexpected, "0", "{fault}: {row:?}");
         // At-least-once: a fault repeats at most the unacknowledged window
-        // (4 consumers × the prefetch, by default) — per injection.
-        let window = 4
+        // (consumers × the prefetch, by default) — per injection.
+        let window = warren::dispatch::DispatchConfig::default().consumers_per_agent
             * usize::from(warren::broker::amqp::DEFAULT_PREFETCH)
             * injected.parse::<usize>().unwrap();
         assert!(

@@ -92,8 +92,11 @@ pub enum QueueType {
 /// [`crate::dispatch::DEFAULT_IN_FLIGHT`] and 4 consumers, the shape that
 /// measured fastest in `warren bench --only sweep` (BENCHMARKS.md). The
 /// window is what hides the broker's confirm latency (fsync of persistent
-/// messages): with 8, half the machine sat idle waiting for confirms.
-pub const DEFAULT_PREFETCH: u16 = 128;
+/// messages): with 8, half the machine sat idle waiting for confirms; 4 ×
+/// 256 is also the raw lapin relay's own fastest shape. It bounds memory
+/// (prefetch × consumers bodies per agent) and what one host takes of a
+/// queue shared with others: lower it for large bodies or slow agents.
+pub const DEFAULT_PREFETCH: u16 = 256;
 
 /// How to reach RabbitMQ and shape the topology.
 #[derive(Debug, Clone)]
