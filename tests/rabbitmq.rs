@@ -472,3 +472,45 @@ async fn answers_to_a_vanished_reply_queue_are_dead_lettered_not_lost() {
     );
     wait_until_empty(&t, &["echo"]).await;
 }
+
+/// Every message is persistent by default; without confirms (benchmark
+/// mode, whose warning says persistence is off too) none is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_persistent_unless_the_host_runs_without_confirms() {
+    let vh = Vhost::new();
+    let (_conn, ch) = vh.plain_client().await;
+    Vhost::declare_queue(&ch, "modes").await;
+    for (reliable, mode) in [(true, 2), (false, 1)] {
+        let b = AmqpBroker::connect(AmqpConfig {
+            reliable,
+            ..AmqpConfig::new(vh.url())
+        })
+        .await
+        .unwrap();
+        let env = warren::dispatch::user_envelope("hi", Default::default(), None);
+        b.publish(&warren::broker::Route::Queue("modes".into()), env)
+            .await
+            .unwrap();
+        b.close().await;
+        let mut got = None;
+        for _ in 0..100 {
+            got = ch
+                .basic_get(
+                    "modes".into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap();
+            if got.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = got.expect("the message published");
+        assert_eq!(
+            *got.delivery.properties.delivery_mode(),
+            Some(mode),
+            "reliable: {reliable}"
+        );
+    }
+}

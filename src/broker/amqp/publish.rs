@@ -238,11 +238,23 @@ impl Inner {
             &self.settle,
             "",
             queue,
-            properties(env, &extra, self.config.legacy_headers),
+            self.properties(env, &extra),
             &env.body,
             route,
         )
         .await
+    }
+
+    /// What a message is sent with: persistent, unless the host runs
+    /// without confirms (`reliable: false`, benchmark mode) — then nothing
+    /// is kept on disk either, as the warning at connect says.
+    fn properties(&self, env: &Envelope, extra: &Extra<'_>) -> BasicProperties {
+        let props = properties(env, extra, self.config.legacy_headers);
+        if self.config.reliable {
+            props
+        } else {
+            props.with_delivery_mode(1)
+        }
     }
 
     pub(super) async fn publish_envelope(
@@ -258,7 +270,7 @@ impl Inner {
         self.publish(
             exchange,
             &routing_key,
-            properties(env, &extra, self.config.legacy_headers),
+            self.properties(env, &extra),
             &env.body,
             route,
         )
