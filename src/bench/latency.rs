@@ -12,7 +12,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use super::local::content;
 use super::relay::{AGENT, Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, declare_warren};
-use super::{BenchConfig, Shape, Table};
+use super::{BenchConfig, Shape, Table, median};
 use crate::wire::Body;
 
 /// How often the swapping latency run replaces the agent's file.
@@ -171,12 +171,13 @@ async fn latency_once(
     Ok((lat, swaps))
 }
 
-fn pct(lat: &[Duration], p: f64) -> String {
+/// The `p` quantile of `lat`, in ms.
+fn pct_ms(lat: &[Duration], p: f64) -> f64 {
     if lat.is_empty() {
-        return "-".into();
+        return f64::NAN;
     }
     let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-    format!("{:.2}", lat[i].as_secs_f64() * 1e3)
+    lat[i].as_secs_f64() * 1e3
 }
 
 pub async fn latency(config: &BenchConfig) -> Result<Table> {
@@ -184,29 +185,47 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
     let result = async {
         let mut t = Table::new(
             &format!(
-                "RabbitMQ end-to-end latency, persistent + confirms ({} s per run), ms",
-                config.latency_seconds
+                "RabbitMQ end-to-end latency, persistent + confirms ({} s per run, medians of {} \
+                 alternating rounds), ms",
+                config.latency_seconds,
+                config.rounds.max(1)
             ),
             &["offered rate", "relay", "p50", "p99", "max", "swaps"],
         );
         declare_warren(config).await?;
         admin.queue(OUT, true).await?;
         admin.queue(RAW_IN, true).await?;
+        let variants = [
+            (true, false, "warren"),
+            (true, true, "warren, swapping"),
+            (false, false, "raw lapin"),
+        ];
         for &rate in &config.rates {
-            for (warren, swapping, label) in [
-                (true, false, "warren"),
-                (true, true, "warren, swapping"),
-                (false, false, "raw lapin"),
-            ] {
-                let (lat, swaps) = latency_once(config, &admin, warren, swapping, rate).await?;
+            // Alternating rounds, medians: one 5-second run's p99 moves by
+            // half on two shared cores.
+            let mut runs: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); variants.len()];
+            for _ in 0..config.rounds.max(1) {
+                for (k, &(warren, swapping, _)) in variants.iter().enumerate() {
+                    let (lat, swaps) = latency_once(config, &admin, warren, swapping, rate).await?;
+                    runs[k].push((
+                        pct_ms(&lat, 0.5),
+                        pct_ms(&lat, 0.99),
+                        pct_ms(&lat, 1.0),
+                        swaps,
+                    ));
+                }
+            }
+            for (k, &(_, swapping, label)) in variants.iter().enumerate() {
+                let r = &runs[k];
+                let max = r.iter().map(|x| x.2).fold(0f64, f64::max);
                 t.row(vec![
                     format!("{rate} msg/s"),
                     label.into(),
-                    pct(&lat, 0.5),
-                    pct(&lat, 0.99),
-                    pct(&lat, 1.0),
+                    format!("{:.2}", median(r.iter().map(|x| x.0).collect())),
+                    format!("{:.2}", median(r.iter().map(|x| x.1).collect())),
+                    format!("{max:.2}"),
                     if swapping {
-                        swaps.to_string()
+                        r.iter().map(|x| x.3).sum::<u64>().to_string()
                     } else {
                         "-".into()
                     },
@@ -214,7 +233,8 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
             }
         }
         t.note = Some(format!(
-            "From just before the publish to arrival at a consumer of the output queue. \
+            "From just before the publish to arrival at a consumer of the output queue; p50 \
+                 and p99 are medians over the rounds, max the highest, swaps the total. \
                  \"swapping\": the agent's file is replaced every {} ms (two versions, \
                  alternating) through the folder watcher while the load runs.",
             SWAP_EVERY.as_millis()
