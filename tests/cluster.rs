@@ -134,13 +134,7 @@ async fn a_host_given_several_nodes_fails_over_when_its_node_is_lost() {
     .unwrap();
     assert_eq!(host_broker.node().as_deref(), Some("127.0.0.1:5701"));
     let host_broker: Arc<dyn Broker> = Arc::new(host_broker);
-    let t = start_on(
-        host_broker.clone(),
-        plugins_dir(&["echo"]),
-        runtime_config(InstanceMode::Reuse),
-        fast_dispatch(),
-    )
-    .await;
+    let t = echo_host(host_broker.clone()).await;
     let user: Arc<dyn Broker> = Arc::new(
         AmqpBroker::connect(AmqpConfig {
             queue_type: QueueType::Quorum,

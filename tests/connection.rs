@@ -15,7 +15,6 @@ use common::*;
 use warren::Broker;
 use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::chaos::Proxy;
-use warren::runtime::InstanceMode;
 
 fn warren(args: &[&str]) -> (std::process::Output, Duration) {
     let started = Instant::now();
@@ -179,13 +178,7 @@ async fn a_frozen_link_is_noticed_and_recovered_from() {
         .await
         .unwrap(),
     );
-    let t = start_on(
-        host_broker.clone(),
-        plugins_dir(&["echo"]),
-        runtime_config(InstanceMode::Reuse),
-        fast_dispatch(),
-    )
-    .await;
+    let t = echo_host(host_broker.clone()).await;
     let user: Arc<dyn Broker> = vh.broker().await;
     let ask = |i: usize| ask_echo(user.clone(), i);
     expect_echoes(0, (0..5).map(ask).collect()).await;
@@ -242,13 +235,7 @@ async fn a_closed_connection_comes_back_with_every_channel() {
             .await
             .unwrap(),
     );
-    let t = start_on(
-        host_broker.clone(),
-        plugins_dir(&["echo"]),
-        runtime_config(InstanceMode::Reuse),
-        fast_dispatch(),
-    )
-    .await;
+    let t = echo_host(host_broker.clone()).await;
     let user: Arc<dyn Broker> = vh.broker().await;
     let question = serde_json::to_vec(&serde_json::json!({
         "from": "the test",

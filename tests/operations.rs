@@ -158,13 +158,7 @@ async fn readyz_follows_the_broker_through_an_outage() {
     let _serial = SERIAL.lock().await;
     let vh = Vhost::new();
     let broker = vh.broker().await;
-    let t = start_on(
-        broker,
-        plugins_dir(&["echo"]),
-        runtime_config(InstanceMode::Reuse),
-        fast_dispatch(),
-    )
-    .await;
+    let t = echo_host(broker).await;
     let (addr, _stop) = serve(&t).await;
     wait_ready(addr, true, Duration::from_secs(5)).await;
 

@@ -16,7 +16,6 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use warren::broker::amqp::{AmqpBroker, AmqpConfig};
 use warren::dispatch::{DispatchConfig, Event};
-use warren::runtime::InstanceMode;
 use warren::{Broker, client};
 
 const SEED_BODY: &[u8] = br#"{"messages":[{"role":"user","content":"I want to talk to agent B."}],"context_variables":{"user":"alice"},"agent":"Agent A"}"#;
@@ -356,13 +355,7 @@ async fn quorum_queues_and_idempotent_redeclaration() {
         ..AmqpConfig::new(vh.url())
     };
     let quorum: Arc<dyn Broker> = Arc::new(AmqpBroker::connect(config).await.unwrap());
-    let t = start_on(
-        quorum.clone(),
-        plugins_dir(&["echo"]),
-        runtime_config(InstanceMode::Reuse),
-        fast_dispatch(),
-    )
-    .await;
+    let t = echo_host(quorum.clone()).await;
     // Declaring again (a restart) is fine.
     quorum.declare_agent("echo").await.unwrap();
     let r = client::send(

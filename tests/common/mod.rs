@@ -98,6 +98,18 @@ pub async fn start_in(
     start_on(Arc::new(MemoryBroker::new()), dir, runtime, dispatch).await
 }
 
+/// A host with the echo agent (reused instances, the fast test dispatch)
+/// on `broker`.
+pub async fn echo_host(broker: Arc<dyn Broker>) -> TestHost {
+    start_on(
+        broker,
+        plugins_dir(&["echo"]),
+        runtime_config(InstanceMode::Reuse),
+        fast_dispatch(),
+    )
+    .await
+}
+
 pub async fn start_on(
     broker: Arc<dyn Broker>,
     dir: tempfile::TempDir,
