@@ -188,18 +188,18 @@ async fn hops_once(config: &BenchConfig, n: usize) -> Result<f64> {
     }
     let host = Host::new(config.host_config(), broker.clone())?;
     host.load_dir(dir.path()).await?;
-    // Timed from the first reply to the last: n - 1 hops, without the
-    // agent's start-up. The replies pile up in their queue, counted every
-    // millisecond (as the RabbitMQ relay's output is): consuming them one
-    // by one would be the user's work, waking this thread for every reply
-    // on the two cores the hops run on.
+    // Timed from the first replies seen to the last, without the agent's
+    // start-up: the hops after the first count. The replies pile up in
+    // their queue, counted every millisecond (as the RabbitMQ relay's
+    // output is): consuming them one by one would be the user's work,
+    // waking this thread for every reply on the two cores the hops run on.
     let replied = || broker.ready(&reply_to).unwrap_or(0);
     let mut first = None;
     let mut last_change = (0, Instant::now());
     loop {
         let now = replied();
-        if now > 0 {
-            first.get_or_insert_with(Instant::now);
+        if now > 0 && first.is_none() {
+            first = Some((Instant::now(), now));
         }
         if now >= n {
             break;
@@ -212,9 +212,10 @@ async fn hops_once(config: &BenchConfig, n: usize) -> Result<f64> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     drop(replies);
-    let elapsed = first.map(|f| f.elapsed()).unwrap_or_default();
+    let (started, seen) = first.unwrap_or((Instant::now(), n));
+    let elapsed = started.elapsed();
     host.shutdown().await;
-    Ok(per_sec(n - 1, elapsed))
+    Ok(per_sec(n - seen, elapsed))
 }
 
 /// A copy of a component that differs only in a custom section, so that it

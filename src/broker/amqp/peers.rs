@@ -1,9 +1,9 @@
 //! Hosts asking each other (for traces): a question goes to every host on
 //! the broker through a fanout exchange, `{exchange}.peers`; each host has
 //! its own queue (`{exchange}.peers.{random}`) bound to it and answers to
-//! the asker's direct reply-to (`amq.rabbitmq.reply-to`). Nothing of it is durable or confirmed: a
-//! question is asked again by whoever needs the answer, and costs the
-//! message path nothing.
+//! the asker's direct reply-to (`amq.rabbitmq.reply-to`). Nothing of it is
+//! durable or confirmed: a question is asked again by whoever needs the
+//! answer, and costs the message path nothing.
 
 use std::time::Duration;
 
