@@ -5,6 +5,7 @@
 //! and acks in batches change, the relay's what the sandbox path costs.
 
 use std::path::Path;
+use std::time::Duration;
 
 /// Linux reports process CPU time in clock ticks of 1/100 s (USER_HZ).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -32,7 +33,34 @@ impl BrokerCpu {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
         cpu_seconds(&stat)
     }
+
+    /// Waits (at most [`QUIET_AT_MOST`]) until the node is idle: after a
+    /// run RabbitMQ goes on working for a while (deleting what was acked,
+    /// compacting its message store), and a run started meanwhile pays for
+    /// its predecessor. Returns at once when the node cannot be read.
+    pub(super) async fn quiet(&self) {
+        let Some(mut last) = self.seconds() else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + QUIET_AT_MOST;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(QUIET_SAMPLE).await;
+            let Some(now) = self.seconds() else { return };
+            if now - last < QUIET_SAMPLE.as_secs_f64() * QUIET_SHARE {
+                return;
+            }
+            last = now;
+        }
+    }
 }
+
+/// How long [`BrokerCpu::quiet`] looks at the node's CPU at a time.
+const QUIET_SAMPLE: Duration = Duration::from_millis(300);
+/// The share of one core below which the node counts as idle (an idle node
+/// uses a few percent; a single clock tick in a sample is 3%).
+const QUIET_SHARE: f64 = 0.1;
+/// The longest [`BrokerCpu::quiet`] waits.
+const QUIET_AT_MOST: Duration = Duration::from_secs(5);
 
 /// CPU seconds (user + system) this process has used so far: the relay's
 /// own cost (in the benchmark, warren's host and the raw relay run in it).

@@ -12,7 +12,8 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use super::local::content;
 use super::relay::{AGENT, Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, declare_warren};
-use super::{BenchConfig, Shape, Table, median};
+use super::broker_cpu::BrokerCpu;
+use super::{BenchConfig, Shape, Table, median, rotation};
 use crate::wire::Body;
 
 /// How often the swapping latency run replaces the agent's file.
@@ -63,6 +64,7 @@ async fn latency_once(
     rate: u32,
 ) -> Result<(Vec<Duration>, u64)> {
     let input = admin.fresh_run(warren).await?;
+    BrokerCpu::find(&config.amqp_url).quiet().await;
     let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
 
     enum Running {
@@ -204,8 +206,9 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
             // Alternating rounds, medians: one 5-second run's p99 moves by
             // half on two shared cores.
             let mut runs: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); variants.len()];
-            for _ in 0..config.rounds.max(1) {
-                for (k, &(warren, swapping, _)) in variants.iter().enumerate() {
+            for round in 0..config.rounds.max(1) {
+                for k in rotation(variants.len(), round) {
+                    let (warren, swapping, _) = variants[k];
                     let (lat, swaps) = latency_once(config, &admin, warren, swapping, rate).await?;
                     runs[k].push((
                         pct_ms(&lat, 0.5),

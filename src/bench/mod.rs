@@ -259,6 +259,13 @@ pub async fn run(config: &BenchConfig, mut print: impl FnMut(&Table)) -> Result<
     Ok(tables)
 }
 
+/// The order of `n` alternating variants in round `round`: each round
+/// starts one further on, so no variant always runs first (on a cold
+/// broker) or right after the same other one (and its leftovers).
+pub(crate) fn rotation(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (round + k) % n.max(1))
+}
+
 pub(crate) fn per_sec(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
@@ -276,5 +283,22 @@ pub(crate) fn fmt_rate(r: f64) -> String {
         format!("{:.0}", r)
     } else {
         format!("{:.1}", r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotation;
+
+    #[test]
+    fn each_variant_takes_each_place_once_over_as_many_rounds() {
+        let orders: Vec<Vec<usize>> = (0..3).map(|r| rotation(3, r).collect()).collect();
+        assert_eq!(orders, vec![vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1]]);
+        for place in 0..3 {
+            let mut firsts: Vec<usize> = orders.iter().map(|o| o[place]).collect();
+            firsts.sort();
+            assert_eq!(firsts, vec![0, 1, 2], "place {place}");
+        }
+        assert_eq!(rotation(1, 5).collect::<Vec<_>>(), vec![0]);
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::broker_cpu::{BrokerCpu, own_seconds};
 use super::relay::{Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, declare_warren};
-use super::{BenchConfig, Shape, Table, fmt_rate, median, per_sec};
+use super::{BenchConfig, Shape, Table, fmt_rate, median, per_sec, rotation};
 
 /// Which relay drains the queue.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,7 @@ async fn relay_once(
     let input = admin.fresh_run(warren).await?;
     admin.preload(input, n, mode).await?;
     let broker = BrokerCpu::find(&config.amqp_url);
+    broker.quiet().await;
     let before = (broker.seconds(), own_seconds());
     let rate = if warren {
         let echo = config.plugins.join("echo.wasm");
@@ -103,11 +104,14 @@ pub async fn languages(config: &BenchConfig) -> Result<Table> {
             &["echo agent in", "msg/s", "/ Rust"],
         );
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); langs.len()];
-        for _ in 0..config.rounds {
-            for (i, (_, echo)) in langs.iter().enumerate() {
+        let broker = BrokerCpu::find(&config.amqp_url);
+        for round in 0..config.rounds {
+            for i in rotation(langs.len(), round) {
+                let echo = &langs[i].1;
                 if echo.exists() {
                     let input = admin.fresh_run(true).await?;
                     admin.preload(input, config.messages, Mode::Reliable).await?;
+                    broker.quiet().await;
                     let shape = Shape::defaults();
                     rates[i].push(warren_drains(config, admin, shape, Mode::Reliable, echo).await?);
                 }
@@ -200,11 +204,10 @@ pub async fn throughput(config: &BenchConfig) -> Result<Vec<Table>> {
         );
         for mode in [Mode::Reliable, Mode::Transient] {
             let mut runs: [Vec<Drain>; 3] = Default::default();
-            for _ in 0..config.rounds {
-                for (i, relay) in [Relay::Warren, Relay::Raw, Relay::RawStamped]
-                    .into_iter()
-                    .enumerate()
-                {
+            let relays = [Relay::Warren, Relay::Raw, Relay::RawStamped];
+            for round in 0..config.rounds {
+                for i in rotation(relays.len(), round) {
+                    let relay = relays[i];
                     let shape = if relay == Relay::Warren { warren } else { raw };
                     runs[i].push(relay_once(config, admin, relay, shape, mode).await?);
                 }
@@ -262,8 +265,9 @@ pub async fn sweep(config: &BenchConfig) -> Result<Table> {
             &["consumers", "prefetch", "in flight", "msg/s", ""],
         );
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); config.sweep.len()];
-        for _ in 0..config.rounds {
-            for (i, &shape) in config.sweep.iter().enumerate() {
+        for round in 0..config.rounds {
+            for i in rotation(config.sweep.len(), round) {
+                let shape = config.sweep[i];
                 rates[i].push(relay_once(config, admin, Relay::Warren, shape, Mode::Reliable).await?.rate);
             }
         }

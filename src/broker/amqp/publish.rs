@@ -16,11 +16,14 @@ use crate::names;
 impl Inner {
     /// Publishes with `mandatory` and waits for the confirm, riding out a
     /// connection recovery (the same message, same id, is sent again).
+    /// `props` builds the properties for each attempt: lapin takes them by
+    /// value, and building them is cheaper than keeping a spare to clone
+    /// (a clone and a drop per message, for a retry that rarely comes).
     async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
-        props: BasicProperties,
+        props: &(dyn Fn() -> BasicProperties + Sync),
         body: &[u8],
         route: &Route,
     ) -> Result<()> {
@@ -33,7 +36,7 @@ impl Inner {
         channel: &Channel,
         exchange: &str,
         routing_key: &str,
-        props: BasicProperties,
+        props: &(dyn Fn() -> BasicProperties + Sync),
         body: &[u8],
         route: &Route,
     ) -> Result<()> {
@@ -49,7 +52,7 @@ impl Inner {
                             ..Default::default()
                         },
                         body,
-                        props.clone(),
+                        props(),
                     )
                     .await?
                     .await
@@ -59,7 +62,7 @@ impl Inner {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => return Ok(()),
                 Ok(Confirmation::Ack(Some(returned))) => {
                     let ours = returned.delivery.routing_key.as_str() == routing_key
-                        && returned.delivery.properties.message_id() == props.message_id();
+                        && returned.delivery.properties.message_id() == props().message_id();
                     if ours {
                         return Err(Unroutable(route.clone()).into());
                     }
@@ -119,7 +122,7 @@ impl Inner {
                         self.publish(
                             "",
                             &routing_key,
-                            props.clone(),
+                            &|| props.clone(),
                             &returned.delivery.data,
                             &route,
                         )
@@ -238,7 +241,7 @@ impl Inner {
             &self.settle,
             "",
             queue,
-            self.properties(env, &extra),
+            &|| self.properties(env, &extra),
             &env.body,
             route,
         )
@@ -270,7 +273,7 @@ impl Inner {
         self.publish(
             exchange,
             &routing_key,
-            self.properties(env, &extra),
+            &|| self.properties(env, &extra),
             &env.body,
             route,
         )
