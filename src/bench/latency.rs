@@ -10,9 +10,9 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
+use super::broker_cpu::BrokerCpu;
 use super::local::content;
 use super::relay::{AGENT, Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, declare_warren};
-use super::broker_cpu::BrokerCpu;
 use super::{BenchConfig, Shape, Table, median, rotation};
 use crate::wire::Body;
 
