@@ -59,12 +59,13 @@ impl Drop for Swapper {
 async fn latency_once(
     config: &BenchConfig,
     admin: &Admin,
+    broker: &BrokerCpu,
     warren: bool,
     swapping: bool,
     rate: u32,
 ) -> Result<(Vec<Duration>, u64)> {
     let input = admin.fresh_run(warren).await?;
-    BrokerCpu::find(&config.amqp_url).quiet().await;
+    broker.quiet().await;
     let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
 
     enum Running {
@@ -184,6 +185,7 @@ fn pct_ms(lat: &[Duration], p: f64) -> f64 {
 
 pub async fn latency(config: &BenchConfig) -> Result<Table> {
     let admin = Admin::connect(&config.amqp_url).await?;
+    let broker = BrokerCpu::find(&config.amqp_url);
     let result = async {
         let mut t = Table::new(
             &format!(
@@ -209,7 +211,8 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
             for round in 0..config.rounds.max(1) {
                 for k in rotation(variants.len(), round) {
                     let (warren, swapping, _) = variants[k];
-                    let (lat, swaps) = latency_once(config, &admin, warren, swapping, rate).await?;
+                    let (lat, swaps) =
+                        latency_once(config, &admin, &broker, warren, swapping, rate).await?;
                     runs[k].push((
                         pct_ms(&lat, 0.5),
                         pct_ms(&lat, 0.99),
