@@ -440,6 +440,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Fails with [`Unroutable`] when no queue takes it.
     async fn publish(&self, route: &Route, envelope: Envelope) -> Result<()>;
 
+    /// [`Broker::publish`] for a message the caller keeps (an agent's
+    /// output, kept for its trace): a broker that only reads the message
+    /// (AMQP) spares the copy; one that stores it takes one.
+    async fn publish_kept(&self, route: &Route, envelope: &Envelope) -> Result<()> {
+        self.publish(route, envelope.clone()).await
+    }
+
     /// Starts consuming an agent's queue.
     async fn consume(&self, agent: &str) -> Result<Box<dyn Consumer>>;
 

@@ -25,7 +25,7 @@ impl Dispatcher {
         let results = futures::future::join_all(
             planned
                 .iter()
-                .map(|p| self.broker.publish(&p.route, p.envelope.clone())),
+                .map(|p| self.broker.publish_kept(&p.route, &p.envelope)),
         )
         .await;
         for (p, result) in planned.iter().zip(results) {

@@ -159,7 +159,7 @@ impl AmqpBroker {
                 seq: AtomicU64::new(0),
                 recoveries: AtomicU64::new(0),
                 settled: Mutex::new(HashMap::new()),
-                in_flight: Mutex::new(HashMap::new()),
+                in_flight: Default::default(),
                 acks: Default::default(),
             }),
         };

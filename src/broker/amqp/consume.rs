@@ -15,7 +15,10 @@
 //!   arrive while the first delivery is still being handled (the channel
 //!   was lost mid-call): it waits for the first one's outcome.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -24,7 +27,7 @@ use futures::StreamExt;
 use lapin::Channel;
 use lapin::options::{BasicCancelOptions, BasicNackOptions};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::Inner;
@@ -58,6 +61,66 @@ fn delivery_key(props: &lapin::BasicProperties, body: &[u8]) -> String {
     match props.message_id() {
         Some(id) if !id.as_str().is_empty() => id.as_str().to_string(),
         _ => format!("body:{}", hex::encode(Sha256::digest(body))),
+    }
+}
+
+/// The deliveries being handled, for a redelivery that arrives while the
+/// first delivery of its message is still being handled (its channel was
+/// lost mid-call) to wait for that one's outcome.
+///
+/// Every delivery passes through here and almost none is ever waited for,
+/// so a delivery costs one hash in a set, and an ending one wakes waiters
+/// only when there are any. Keys are kept as 64-bit hashes: two keys
+/// colliding would only make such a redelivery wait for an unrelated
+/// delivery, up to the recovery timeout.
+#[derive(Default)]
+pub(super) struct InFlight {
+    keys: Mutex<HashSet<u64>>,
+    hasher: RandomState,
+    /// Signalled when a delivery ends while `waiting` > 0.
+    ended: Notify,
+    waiting: AtomicUsize,
+}
+
+impl InFlight {
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Registers a delivery as being handled; `false` when a delivery with
+    /// the same key already is (this one is a redelivery of it).
+    fn start(&self, key: &str) -> bool {
+        self.keys.lock().unwrap().insert(self.hash(key))
+    }
+
+    /// A delivery registered by [`InFlight::start`] was settled or dropped.
+    fn end(&self, key: &str) {
+        self.keys.lock().unwrap().remove(&self.hash(key));
+        // After the removal: a waiter counted before it rechecks the set
+        // after counting itself, so it sees the removal or is woken.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.ended.notify_waiters();
+        }
+    }
+
+    /// Waits until no delivery with this key is being handled, at most
+    /// `timeout`.
+    async fn wait_ended(&self, key: &str, timeout: Duration) {
+        let hash = self.hash(key);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let wait = async {
+            loop {
+                let ended = self.ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if !self.keys.lock().unwrap().contains(&hash) {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -99,18 +162,6 @@ impl Inner {
         }
     }
 
-    /// Registers a delivery as being handled; `None` when a delivery with
-    /// the same key already is (this one is a redelivery of it).
-    fn start_handling(&self, key: &str) -> Option<watch::Sender<bool>> {
-        let mut in_flight = self.in_flight.lock().unwrap();
-        if in_flight.contains_key(key) {
-            return None;
-        }
-        let (tx, rx) = watch::channel(false);
-        in_flight.insert(key.to_string(), rx);
-        Some(tx)
-    }
-
     /// Whether a redelivery is of a delivery already settled; forgets it.
     fn already_settled(&self, key: &str, attempt: u32) -> bool {
         let mut settled = self.settled.lock().unwrap();
@@ -138,7 +189,7 @@ impl Consumer for AmqpConsumer {
                         self.window.received(tag);
                     }
                     let (env, _) = envelope(&d.properties, d.data);
-                    let done = self.inner.start_handling(&key);
+                    let first = self.inner.in_flight.start(&key);
                     let acker = AmqpAcker {
                         inner: self.inner.clone(),
                         agent: self.agent.clone(),
@@ -147,7 +198,7 @@ impl Consumer for AmqpConsumer {
                         tag,
                         key,
                         redelivered: d.redelivered,
-                        done,
+                        first,
                     };
                     return Some(Delivery::new(env, Box::new(acker)));
                 }
@@ -214,16 +265,16 @@ struct AmqpAcker {
     /// See [`delivery_key`].
     key: String,
     redelivered: bool,
-    /// Set when this delivery is settled or dropped, for a redelivery of the
-    /// same message waiting on it; `None` when this is that redelivery.
-    done: Option<watch::Sender<bool>>,
+    /// Registered in `Inner::in_flight` (ended when this is settled or
+    /// dropped); `false` when another delivery of the same message was
+    /// being handled already (this is a redelivery of it).
+    first: bool,
 }
 
 impl Drop for AmqpAcker {
     fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            self.inner.in_flight.lock().unwrap().remove(&self.key);
-            let _ = done.send(true);
+        if self.first {
+            self.inner.in_flight.end(&self.key);
         }
     }
 }
@@ -339,14 +390,11 @@ impl Acker for AmqpAcker {
         if !self.redelivered {
             return false;
         }
-        if self.done.is_none() {
+        if !self.first {
             // The first delivery of this message is still being handled
             // here (its channel was lost meanwhile): wait for its outcome.
-            let first = self.inner.in_flight.lock().unwrap().get(&self.key).cloned();
-            if let Some(mut first) = first {
-                let wait = first.wait_for(|done| *done);
-                let _ = tokio::time::timeout(self.inner.config.recovery_timeout, wait).await;
-            }
+            let timeout = self.inner.config.recovery_timeout;
+            self.inner.in_flight.wait_ended(&self.key, timeout).await;
         }
         self.inner.already_settled(&self.key, envelope.attempt)
     }
@@ -363,5 +411,54 @@ impl Acker for AmqpAcker {
                 );
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_delivery_of_a_key_being_handled_is_not_the_first() {
+        let f = InFlight::default();
+        assert!(f.start("m1"));
+        assert!(!f.start("m1"), "a redelivery while the first is handled");
+        assert!(f.start("m2"));
+        f.end("m1");
+        assert!(f.start("m1"), "handled again once the first ended");
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_waits_for_the_first_to_end() {
+        let f = Arc::new(InFlight::default());
+        assert!(f.start("m1"));
+        let waiter = {
+            let f = f.clone();
+            tokio::spawn(async move { f.wait_ended("m1", Duration::from_secs(30)).await })
+        };
+        // The waiter is still waiting while the first is being handled.
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        f.end("m1");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the first ended")
+            .unwrap();
+        // Nothing in flight under that key: no wait at all.
+        f.wait_ended("m1", Duration::from_secs(30)).await;
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_waits_no_longer_than_the_timeout() {
+        let f = InFlight::default();
+        assert!(f.start("m1"));
+        let started = tokio::time::Instant::now();
+        f.wait_ended("m1", Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(
+            f.waiting.load(Ordering::SeqCst),
+            0,
+            "no waiter left counted"
+        );
     }
 }

@@ -185,8 +185,8 @@ struct Inner {
     /// Deliveries settled whose ack was lost, by key: their redelivery is a
     /// duplicate (see `consume`).
     settled: Mutex<HashMap<String, u32>>,
-    /// Deliveries being handled, by key; set when settled (see `consume`).
-    in_flight: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// Deliveries being handled, by key (see `consume`).
+    in_flight: consume::InFlight,
     /// Deliveries acked, and the ack frames that carried them (see `acks`).
     acks: Arc<AckCounts>,
 }
@@ -318,6 +318,12 @@ impl Broker for AmqpBroker {
     async fn publish(&self, route: &Route, envelope: Envelope) -> Result<()> {
         self.inner
             .publish_envelope(route, &envelope, Extra::default())
+            .await
+    }
+
+    async fn publish_kept(&self, route: &Route, envelope: &Envelope) -> Result<()> {
+        self.inner
+            .publish_envelope(route, envelope, Extra::default())
             .await
     }
 
