@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
@@ -83,70 +83,19 @@ async fn latency_once(
         Running::Raw(RawRelay::start(config, config.raw_shapes[0], Mode::Reliable, false).await?)
     };
 
-    // The receiving side: timestamps on arrival, keyed by correlation id.
-    let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
-    let rx = conn.create_channel().await?;
-    let mut consumer = rx
-        .basic_consume(
-            OUT.into(),
-            "latency".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let receiver = tokio::spawn(async move {
-        let mut arrived: HashMap<String, Instant> = HashMap::with_capacity(n);
-        while arrived.len() < n {
-            match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
-                Ok(Some(Ok(d))) => {
-                    let id = d
-                        .properties
-                        .correlation_id()
-                        .as_ref()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default();
-                    arrived.entry(id).or_insert_with(Instant::now);
-                }
-                _ => break,
-            }
-        }
-        arrived
-    });
-
-    let body = Body::user(&content(), Default::default()).encode();
-    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(n);
-    let mut confirms = Vec::with_capacity(n);
-    let start = tokio::time::Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    for i in 0..n {
-        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
-        let id = format!("lat-{i}");
-        let props = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_correlation_id(id.as_str().into())
-            .with_reply_to(OUT.into())
-            .with_delivery_mode(2);
-        sent.insert(id, Instant::now());
-        confirms.push(
-            admin
-                .ch
-                .basic_publish(
-                    "".into(),
-                    input.into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    props,
-                )
-                .await?,
-        );
-    }
-    for c in futures::future::join_all(confirms).await {
-        c?;
-    }
-    let arrived = receiver.await?;
+    // The load and the clock run on threads of their own (as a client in
+    // another process would), not on the relay's executor: each message's
+    // confirm reaches the relay the moment its output reaches the receiver,
+    // and the relay's work on it must not delay the receiver's timestamp.
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let receiver = apart("bench-receiver", receive(config.amqp_url.clone(), n, ready))?;
+    is_ready.await??;
+    let sender = apart(
+        "bench-sender",
+        send(config.amqp_url.clone(), input, n, rate),
+    )?;
+    let sent = sender.await??;
+    let arrived = receiver.await??;
     drop(swapper);
     let swaps = match relay {
         Running::Warren(w) => {
@@ -172,6 +121,121 @@ async fn latency_once(
         .collect();
     lat.sort();
     Ok((lat, swaps))
+}
+
+/// Runs `fut` on a thread of its own, on a single-threaded runtime.
+fn apart<T, F>(name: &str, fut: F) -> Result<tokio::sync::oneshot::Receiver<T>>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the benchmark's load");
+            // The caller may be gone (it failed first): nothing to tell.
+            let _ = tx.send(runtime.block_on(fut));
+        })?;
+    Ok(rx)
+}
+
+/// Consumes the output queue until `n` messages arrived (or none for a
+/// minute); the arrival time of each, by correlation id. `ready` once the
+/// consumer is registered.
+async fn receive(
+    url: String,
+    n: usize,
+    ready: tokio::sync::oneshot::Sender<Result<()>>,
+) -> Result<HashMap<String, Instant>> {
+    let consumer = async {
+        let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+        let rx = conn.create_channel().await?;
+        let consumer = rx
+            .basic_consume(
+                OUT.into(),
+                "latency".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        anyhow::Ok((conn, consumer))
+    }
+    .await;
+    let (_conn, mut consumer) = match consumer {
+        Ok(c) => {
+            let _ = ready.send(Ok(()));
+            c
+        }
+        Err(e) => {
+            let _ = ready.send(Err(anyhow::anyhow!("the latency receiver: {e:#}")));
+            return Err(e);
+        }
+    };
+    let mut arrived: HashMap<String, Instant> = HashMap::with_capacity(n);
+    while arrived.len() < n {
+        match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
+            Ok(Some(Ok(d))) => {
+                let id = d
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                arrived.entry(id).or_insert_with(Instant::now);
+            }
+            _ => break,
+        }
+    }
+    Ok(arrived)
+}
+
+/// Publishes `n` messages to `input` at `rate` msg/s (persistent, each
+/// confirmed); the time each was sent, by correlation id.
+async fn send(
+    url: String,
+    input: &'static str,
+    n: usize,
+    rate: u32,
+) -> Result<HashMap<String, Instant>> {
+    let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let body = Body::user(&content(), Default::default()).encode();
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(n);
+    let mut confirms = Vec::with_capacity(n);
+    let start = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    for i in 0..n {
+        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+        let id = format!("lat-{i}");
+        let props = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_correlation_id(id.as_str().into())
+            .with_reply_to(OUT.into())
+            .with_delivery_mode(2);
+        sent.insert(id, Instant::now());
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                input.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await?,
+        );
+    }
+    for c in futures::future::join_all(confirms).await {
+        c?;
+    }
+    Ok(sent)
 }
 
 /// The `p` quantile of `lat`, in ms.
