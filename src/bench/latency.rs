@@ -213,10 +213,12 @@ async fn send(
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     for i in 0..n {
-        // Blocking this thread (its own, with nothing else to run) keeps the
-        // pace: tokio's timer fires on whole milliseconds, which at 2,000
-        // msg/s sent the messages in pairs once a millisecond instead of one
-        // every 500 µs. The thread's timer slack leaves ~50 µs of jitter.
+        // Blocking this thread (the sender's own) keeps the pace: tokio's
+        // timer fires on whole milliseconds, which at 2,000 msg/s sent the
+        // messages in pairs once a millisecond instead of one every 500 µs.
+        // The thread's timer slack leaves ~50 µs of jitter; the lapin tasks
+        // of the sender's connection, on this thread's runtime, wait at most
+        // one interval (its socket is written by lapin's own I/O thread).
         let due = start + interval.mul_f64(i as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
