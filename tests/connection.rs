@@ -182,6 +182,8 @@ async fn a_frozen_link_is_noticed_and_recovered_from() {
     let user: Arc<dyn Broker> = vh.broker().await;
     let ask = |i: usize| ask_echo(user.clone(), i);
     expect_echoes(0, (0..5).map(ask).collect()).await;
+    let before = t.host.status().await.unwrap();
+    assert_eq!(before.agents[0].queue.status, "active", "{before:?}");
     proxy.freeze();
     let frozen = Instant::now();
     let mut waiting: Vec<_> = (5..55).map(ask).collect();
@@ -201,6 +203,20 @@ async fn a_frozen_link_is_noticed_and_recovered_from() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Meanwhile status answers: the broker is reconnecting, and each queue
+    // shows the counts of the status before, said to be from then.
+    let during = t.host.status().await.expect("status while reconnecting");
+    assert!(
+        during.broker.ends_with("(reconnecting)"),
+        "{}",
+        during.broker
+    );
+    let echo = &during.agents[0].queue;
+    assert!(
+        echo.status.starts_with("broker reconnecting; counts from"),
+        "{echo:?}"
+    );
+    assert_eq!(echo.consumer_count, before.agents[0].queue.consumer_count);
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.thaw();
     let thawed = Instant::now();

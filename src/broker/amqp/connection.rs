@@ -161,6 +161,7 @@ impl AmqpBroker {
                 settled: Mutex::new(HashMap::new()),
                 in_flight: Default::default(),
                 acks: Default::default(),
+                last_counts: Default::default(),
             }),
         };
         broker.inner.declare_exchanges().await?;

@@ -32,6 +32,7 @@
 //! - `connection` — connecting (one bounded attempt, or waiting for the broker)
 //!   and the backoff of lapin's recovery;
 //! - `topology` — queues, delay queues, bindings, queue counts;
+//! - `health` — queue counts for `status`, also while the connection recovers;
 //! - `publish` — confirmed, `mandatory` publishing that rides out a recovery;
 //! - `headers` — an [`Envelope`] to AMQP properties and back;
 //! - `consume` — consumers and settling a delivery (ack, retry, dead-letter);
@@ -46,6 +47,7 @@ mod connection;
 mod consume;
 mod dead_letters;
 mod headers;
+mod health;
 mod nodes;
 mod peers;
 mod publish;
@@ -189,6 +191,8 @@ struct Inner {
     in_flight: consume::InFlight,
     /// Deliveries acked, and the ack frames that carried them (see `acks`).
     acks: Arc<AckCounts>,
+    /// What the last status counted (see `health`).
+    last_counts: health::LastCounts,
 }
 
 impl AmqpBroker {
@@ -223,8 +227,12 @@ impl Broker for AmqpBroker {
             Some(node) if self.inner.nodes.len() > 1 => format!(", on node {node}"),
             _ => String::new(),
         };
+        let state = match self.inner.connection_state() {
+            "connected" => String::new(),
+            state => format!(" ({state})"),
+        };
         format!(
-            "RabbitMQ at {} (exchange `{}`){node}",
+            "RabbitMQ at {} (exchange `{}`){node}{state}",
             self.inner.redacted, self.inner.config.exchange
         )
     }
@@ -412,34 +420,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn stats(&self) -> Result<Vec<QueueStats>> {
-        let agents: Vec<String> = self.inner.agents.lock().unwrap().iter().cloned().collect();
-        let mut rows = Vec::new();
-        for agent in agents {
-            let queue = names::queue(&agent);
-            let dlq = names::dead_letter_queue(&agent);
-            let main = self.inner.queue_counts(&queue).await?;
-            let dead = self.inner.queue_counts(&dlq).await?;
-            let (message_count, consumer_count) = main.unwrap_or((0, 0));
-            let status = match (main, consumer_count) {
-                (None, _) => "missing",
-                (Some(_), 0) => "idle",
-                _ => "active",
-            };
-            rows.push(QueueStats {
-                routing_key: names::routing_key(&agent),
-                dead_letter_queue: dlq,
-                message_count,
-                consumer_count,
-                // Not visible over AMQP (the management API has it).
-                unacked: 0,
-                delayed: 0,
-                dead_letter_count: dead.map(|d| d.0).unwrap_or(0),
-                status: status.into(),
-                agent,
-                queue,
-            });
-        }
-        Ok(rows)
+        self.inner.stats().await
     }
 
     async fn dead_letters(&self, agent: &str) -> Result<Vec<DeadLetter>> {

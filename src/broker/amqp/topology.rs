@@ -62,6 +62,11 @@ impl Inner {
         F: FnOnce(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, lapin::Error>>,
     {
+        // While lapin recovers the connection a new channel is refused; what
+        // runs here (declares, binds, counts) waits for it like a publish.
+        if !self.connection.status().connected() {
+            self.wait_connected(self.config.recovery_timeout).await;
+        }
         let channel = self.connection.create_channel().await?;
         let result = op(channel.clone()).await;
         if channel.status().connected() {
