@@ -46,7 +46,7 @@ const MAX_REMEMBERED: usize = 100_000;
 pub(super) struct AmqpConsumer {
     pub inner: Arc<Inner>,
     /// The agent whose queue this is; `None` for a reply queue.
-    pub agent: Option<String>,
+    pub agent: Option<Arc<str>>,
     pub channel: Channel,
     pub consumer: lapin::Consumer,
     /// The queue consumed; a reply queue is deleted when its consumer stops.
@@ -257,7 +257,7 @@ impl Consumer for AmqpConsumer {
 
 struct AmqpAcker {
     inner: Arc<Inner>,
-    agent: Option<String>,
+    agent: Option<Arc<str>>,
     acker: lapin::Acker,
     /// The window of the channel (incarnation) the delivery came on, and its tag.
     window: Arc<AckWindow>,

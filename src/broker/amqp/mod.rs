@@ -359,7 +359,7 @@ impl Broker for AmqpBroker {
             .with_context(|| format!("consuming `{}`", names::queue(agent)))?;
         Ok(Box::new(AmqpConsumer {
             inner: self.inner.clone(),
-            agent: Some(agent.to_string()),
+            agent: Some(agent.into()),
             channel,
             consumer,
             queue: names::queue(agent),
