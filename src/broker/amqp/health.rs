@@ -117,9 +117,7 @@ impl Inner {
     /// One agent's row: its queue's and dead-letter queue's counts.
     async fn queue_stats(&self, agent: &str) -> Result<QueueStats> {
         let main = self.queue_counts(&names::queue(agent)).await?;
-        let dead = self
-            .queue_counts(&names::dead_letter_queue(agent))
-            .await?;
+        let dead = self.queue_counts(&names::dead_letter_queue(agent)).await?;
         let (message_count, consumer_count) = main.unwrap_or((0, 0));
         let status = match (main, consumer_count) {
             (None, _) => "missing",
