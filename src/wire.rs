@@ -194,12 +194,27 @@ impl Body {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let bytes = serde_json::to_vec(self).expect("a Body always serialises");
+        // Sized up front: from serde_json's default of 128 bytes, a body with
+        // one 256-byte turn grew (and was copied) twice on every hop.
+        let mut bytes = Vec::with_capacity(self.encoded_size_hint());
+        serde_json::to_writer(&mut bytes, self).expect("a Body always serialises");
         if self.non_finite {
             nonfinite::from_markers(bytes)
         } else {
             bytes
         }
+    }
+
+    /// About how long [`Body::encode`]'s output is: the turns' text plus
+    /// room for keys and the small maps; a body of other shapes only grows
+    /// the buffer as it would have anyway.
+    fn encoded_size_hint(&self) -> usize {
+        let turns: usize = self
+            .messages
+            .iter()
+            .map(|m| m.content.text().map_or(64, str::len) + m.role.len() + 64)
+            .sum();
+        turns + 128 + 32 * (self.context_variables.len() + self.extra.len())
     }
 
     /// The model the conversation asks for, if `model` is a string.
