@@ -68,6 +68,12 @@ pub(super) fn own_seconds() -> Option<f64> {
     cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
+/// CPU seconds (user + system) the calling thread has used so far: what a
+/// benchmark's load threads cost, to be taken out of the process's.
+pub(super) fn thread_seconds() -> Option<f64> {
+    cpu_seconds(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
+}
+
 /// user + system time from a `/proc/PID/stat` line.
 fn cpu_seconds(stat: &str) -> Option<f64> {
     // Fields after the command (which may hold spaces) closed by ')'.

@@ -10,7 +10,7 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOpti
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-use super::broker_cpu::BrokerCpu;
+use super::broker_cpu::{BrokerCpu, own_seconds, thread_seconds};
 use super::local::content;
 use super::relay::{AGENT, Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, declare_warren};
 use super::{BenchConfig, Shape, Table, median, rotation};
@@ -54,8 +54,20 @@ impl Drop for Swapper {
     }
 }
 
-/// Offers `rate` msg/s for the configured time; returns sorted latencies
-/// and, when `swapping`, how many times the agent was swapped meanwhile.
+/// One latency run.
+struct Run {
+    /// The latencies, sorted.
+    lat: Vec<Duration>,
+    /// How many times the agent was swapped meanwhile (when swapping).
+    swaps: u64,
+    /// RabbitMQ's CPU per message, in µs (when the broker is a local process).
+    broker_us: Option<f64>,
+    /// The relay's own CPU per message, in µs: the benchmark process's,
+    /// less its load threads' (the sender and the receiver).
+    relay_us: Option<f64>,
+}
+
+/// Offers `rate` msg/s for the configured time.
 async fn latency_once(
     config: &BenchConfig,
     admin: &Admin,
@@ -63,7 +75,7 @@ async fn latency_once(
     warren: bool,
     swapping: bool,
     rate: u32,
-) -> Result<(Vec<Duration>, u64)> {
+) -> Result<Run> {
     let input = admin.fresh_run(warren).await?;
     broker.quiet().await;
     let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
@@ -87,6 +99,7 @@ async fn latency_once(
     // another process would), not on the relay's executor: each message's
     // confirm reaches the relay the moment its output reaches the receiver,
     // and the relay's work on it must not delay the receiver's timestamp.
+    let before = (broker.seconds(), own_seconds());
     let (ready, is_ready) = tokio::sync::oneshot::channel();
     let receiver = apart("bench-receiver", receive(config.amqp_url.clone(), n, ready))?;
     is_ready.await??;
@@ -94,8 +107,19 @@ async fn latency_once(
         "bench-sender",
         send(config.amqp_url.clone(), input, n, rate),
     )?;
-    let sent = sender.await??;
-    let arrived = receiver.await??;
+    let (sent, sender_cpu) = sender.await?;
+    let (arrived, receiver_cpu) = receiver.await?;
+    let after = (broker.seconds(), own_seconds());
+    let (sent, arrived) = (sent?, arrived?);
+    let per_message = |seconds: Option<f64>| seconds.map(|s| s * 1e6 / n as f64);
+    let broker_us = per_message(after.0.zip(before.0).map(|(a, b)| a - b));
+    let relay_us = per_message(
+        after
+            .1
+            .zip(before.1)
+            .zip(sender_cpu.zip(receiver_cpu))
+            .map(|((a, b), (s, r))| a - b - s - r),
+    );
     drop(swapper);
     let swaps = match relay {
         Running::Warren(w) => {
@@ -120,11 +144,17 @@ async fn latency_once(
         .filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s)))
         .collect();
     lat.sort();
-    Ok((lat, swaps))
+    Ok(Run {
+        lat,
+        swaps,
+        broker_us,
+        relay_us,
+    })
 }
 
-/// Runs `fut` on a thread of its own, on a single-threaded runtime.
-fn apart<T, F>(name: &str, fut: F) -> Result<tokio::sync::oneshot::Receiver<T>>
+/// Runs `fut` on a thread of its own, on a single-threaded runtime; its
+/// output comes with the CPU seconds the thread used.
+fn apart<T, F>(name: &str, fut: F) -> Result<tokio::sync::oneshot::Receiver<(T, Option<f64>)>>
 where
     F: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
@@ -137,8 +167,11 @@ where
                 .enable_all()
                 .build()
                 .expect("a runtime for the benchmark's load");
+            let out = runtime.block_on(fut);
+            // The runtime's tasks (the connection's) ran on this thread too.
+            drop(runtime);
             // The caller may be gone (it failed first): nothing to tell.
-            let _ = tx.send(runtime.block_on(fut));
+            let _ = tx.send((out, thread_seconds()));
         })?;
     Ok(rx)
 }
@@ -267,7 +300,15 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
                 config.latency_seconds,
                 config.rounds.max(1)
             ),
-            &["offered rate", "relay", "p50", "p99", "max", "swaps"],
+            &[
+                "offered rate",
+                "relay",
+                "p50",
+                "p99",
+                "max",
+                "swaps",
+                "CPU µs per message: RabbitMQ / relay",
+            ],
         );
         declare_warren(config).await?;
         admin.queue(OUT, true).await?;
@@ -280,34 +321,43 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
         for &rate in &config.rates {
             // Alternating rounds, medians: one 5-second run's p99 moves by
             // half on two shared cores.
-            let mut runs: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); variants.len()];
+            let mut runs: Vec<Vec<Run>> = (0..variants.len()).map(|_| Vec::new()).collect();
             for round in 0..config.rounds.max(1) {
                 for k in rotation(variants.len(), round) {
                     let (warren, swapping, _) = variants[k];
-                    let (lat, swaps) =
-                        latency_once(config, &admin, &broker, warren, swapping, rate).await?;
-                    runs[k].push((
-                        pct_ms(&lat, 0.5),
-                        pct_ms(&lat, 0.99),
-                        pct_ms(&lat, 1.0),
-                        swaps,
-                    ));
+                    runs[k]
+                        .push(latency_once(config, &admin, &broker, warren, swapping, rate).await?);
                 }
             }
             for (k, &(_, swapping, label)) in variants.iter().enumerate() {
                 let r = &runs[k];
-                let max = r.iter().map(|x| x.2).fold(0f64, f64::max);
+                let of = |p: f64| {
+                    format!(
+                        "{:.2}",
+                        median(r.iter().map(|x| pct_ms(&x.lat, p)).collect())
+                    )
+                };
+                let max = r.iter().map(|x| pct_ms(&x.lat, 1.0)).fold(0f64, f64::max);
+                let cpu = |us: fn(&Run) -> Option<f64>| {
+                    let v: Vec<f64> = r.iter().filter_map(us).collect();
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("{:.0}", median(v))
+                    }
+                };
                 t.row(vec![
                     format!("{rate} msg/s"),
                     label.into(),
-                    format!("{:.2}", median(r.iter().map(|x| x.0).collect())),
-                    format!("{:.2}", median(r.iter().map(|x| x.1).collect())),
+                    of(0.5),
+                    of(0.99),
                     format!("{max:.2}"),
                     if swapping {
-                        r.iter().map(|x| x.3).sum::<u64>().to_string()
+                        r.iter().map(|x| x.swaps).sum::<u64>().to_string()
                     } else {
                         "-".into()
                     },
+                    format!("{} / {}", cpu(|x| x.broker_us), cpu(|x| x.relay_us)),
                 ]);
             }
         }
@@ -315,7 +365,11 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
             "From just before the publish to arrival at a consumer of the output queue; p50 \
                  and p99 are medians over the rounds, max the highest, swaps the total. \
                  \"swapping\": the agent's file is replaced every {} ms (two versions, \
-                 alternating) through the folder watcher while the load runs.",
+                 alternating) through the folder watcher while the load runs. CPU per message \
+                 (medians over the rounds): RabbitMQ's process, and the relay's own (the \
+                 benchmark's process less the threads that send and receive the load); at a \
+                 paced rate each message finds the caches cold and the threads asleep, so it \
+                 costs several times what it does in the throughput table.",
             SWAP_EVERY.as_millis()
         ));
         Ok(t)
