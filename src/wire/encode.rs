@@ -201,6 +201,93 @@ mod tests {
         }
     }
 
+    /// Random text: ASCII, the bytes that need escaping, and multi-byte
+    /// characters, at lengths around the 32-byte blocks.
+    fn random_text(rng: &mut impl rand::Rng) -> String {
+        const PICKS: [char; 12] = [
+            'a', 'Z', ' ', '"', '\\', '\n', '\u{0}', '\u{1f}', '\u{7f}', 'é', '日', '🦀',
+        ];
+        let len = rng.random_range(0..80);
+        let plain = rng.random_bool(0.5);
+        (0..len)
+            .map(|_| {
+                if plain {
+                    rng.random_range('a'..='z')
+                } else {
+                    PICKS[rng.random_range(0..PICKS.len())]
+                }
+            })
+            .collect()
+    }
+
+    fn random_value(rng: &mut impl rand::Rng, depth: u32) -> Value {
+        match rng.random_range(0..if depth > 2 { 5 } else { 7 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.random()),
+            2 => Value::from(rng.random::<i64>()),
+            3 => Value::from(rng.random::<f64>() * 1e6 - 5e5),
+            4 => Value::String(random_text(rng)),
+            5 => Value::Array(
+                (0..rng.random_range(0..4))
+                    .map(|_| random_value(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => Value::Object(random_map(rng, depth + 1)),
+        }
+    }
+
+    fn random_map(rng: &mut impl rand::Rng, depth: u32) -> Map<String, Value> {
+        (0..rng.random_range(0..4))
+            .map(|_| (random_text(rng), random_value(rng, depth)))
+            .collect()
+    }
+
+    #[test]
+    fn random_bodies_are_written_as_serde_json_writes_them() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        for _ in 0..3000 {
+            let maybe =
+                |rng: &mut rand::rngs::StdRng| rng.random_bool(0.3).then(|| random_text(rng));
+            let messages = (0..rng.random_range(0..4))
+                .map(|_| ChatMessage {
+                    role: random_text(&mut rng),
+                    content: match rng.random_range(0..3) {
+                        0 => Content::Null,
+                        1 => Content::Text(random_text(&mut rng)),
+                        _ => Content::Parts(vec![random_value(&mut rng, 1)]),
+                    },
+                    name: maybe(&mut rng),
+                    tool_calls: rng.random_bool(0.3).then(|| {
+                        (0..rng.random_range(0..3))
+                            .map(|_| ToolCall {
+                                id: random_text(&mut rng),
+                                kind: random_text(&mut rng),
+                                function: super::super::FunctionCall {
+                                    name: random_text(&mut rng),
+                                    arguments: random_text(&mut rng),
+                                },
+                            })
+                            .collect()
+                    }),
+                    tool_call_id: maybe(&mut rng),
+                    extra: random_map(&mut rng, 1),
+                })
+                .collect();
+            let b = Body {
+                messages,
+                context_variables: random_map(&mut rng, 0),
+                from_agent: maybe(&mut rng),
+                extra: random_map(&mut rng, 0),
+                non_finite: false,
+            };
+            assert_eq!(ours(&b), serde_json::to_vec(&b).unwrap(), "{b:?}");
+            let mut object = Vec::new();
+            super::object(&mut object, &b.context_variables);
+            assert_eq!(object, serde_json::to_vec(&b.context_variables).unwrap());
+        }
+    }
+
     #[test]
     fn bodies_of_every_shape_are_written_as_serde_json_writes_them() {
         let texts: [&[u8]; 6] = [
