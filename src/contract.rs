@@ -40,19 +40,27 @@ pub fn to_message(agent: &str, env: &Envelope, body: &Body) -> Message {
 }
 
 /// The body of an agent's outgoing message: its turns, and the incoming
-/// context, model and extra keys unless it set its own.
-pub fn outgoing_body(agent: &str, incoming: &Body, out: &Outgoing) -> Result<Body> {
-    let messages = out
-        .messages
-        .iter()
+/// context, model and extra keys unless it set its own. The output is
+/// taken, not borrowed: its texts move into the body instead of being
+/// copied (the turns of a conversation are most of a message's bytes).
+pub fn outgoing_body(agent: &str, incoming: &Body, out: Outgoing) -> Result<Body> {
+    let Outgoing {
+        messages,
+        context,
+        model,
+        extra,
+        ..
+    } = out;
+    let messages = messages
+        .into_iter()
         .enumerate()
         .map(|(i, m)| turn_from_wit(m).with_context(|| format!("messages[{i}]")))
         .collect::<Result<Vec<_>>>()?;
-    let context_variables = match &out.context {
+    let context_variables = match &context {
         Some(text) => wire::parse_context(text)?,
         None => incoming.context_variables.clone(),
     };
-    let mut extra = match &out.extra {
+    let mut extra = match &extra {
         Some(text) => {
             let mut extra = wire::parse_object(text, "extra")?;
             for key in BODY_FIELDS {
@@ -68,8 +76,8 @@ pub fn outgoing_body(agent: &str, incoming: &Body, out: &Outgoing) -> Result<Bod
         }
         None => incoming.extra.clone(),
     };
-    if let Some(model) = &out.model {
-        extra.insert("model".into(), Value::String(model.clone()));
+    if let Some(model) = model {
+        extra.insert("model".into(), Value::String(model));
     }
     Ok(Body {
         messages,
@@ -125,7 +133,7 @@ pub fn turn_to_wit(m: &wire::ChatMessage, non_finite: bool) -> ChatMessage {
 }
 
 /// One WIT chat turn as JSON; `extra` must be a JSON object.
-pub fn turn_from_wit(m: &ChatMessage) -> Result<wire::ChatMessage> {
+pub fn turn_from_wit(m: ChatMessage) -> Result<wire::ChatMessage> {
     let mut extra = match &m.extra {
         Some(text) => wire::parse_object(text, "extra")?,
         None => Map::new(),
@@ -134,29 +142,29 @@ pub fn turn_from_wit(m: &ChatMessage) -> Result<wire::ChatMessage> {
         extra.remove(key);
     }
     let parts = extra.remove("content");
-    let content = match (&m.content, parts) {
-        (Some(t), _) => Content::Text(t.clone()),
+    let content = match (m.content, parts) {
+        (Some(t), _) => Content::Text(t),
         (None, Some(Value::Array(p))) => Content::Parts(p),
         (None, _) => Content::Null,
     };
     Ok(wire::ChatMessage {
-        role: m.role.clone(),
+        role: m.role,
         content,
-        name: m.name.clone(),
-        tool_calls: m.tool_calls.as_ref().map(|calls| {
+        name: m.name,
+        tool_calls: m.tool_calls.map(|calls| {
             calls
-                .iter()
+                .into_iter()
                 .map(|c| wire::ToolCall {
-                    id: c.id.clone(),
-                    kind: c.kind.clone(),
+                    id: c.id,
+                    kind: c.kind,
                     function: wire::FunctionCall {
-                        name: c.function.name.clone(),
-                        arguments: c.function.arguments.clone(),
+                        name: c.function.name,
+                        arguments: c.function.arguments,
                     },
                 })
                 .collect()
         }),
-        tool_call_id: m.tool_call_id.clone(),
+        tool_call_id: m.tool_call_id,
         extra,
     })
 }
@@ -175,7 +183,7 @@ mod tests {
         )
         .unwrap();
         for m in &body.messages {
-            assert_eq!(&turn_from_wit(&turn_to_wit(m, false)).unwrap(), m);
+            assert_eq!(&turn_from_wit(turn_to_wit(m, false)).unwrap(), m);
         }
     }
 
@@ -192,19 +200,19 @@ mod tests {
             model: model.map(str::to_string),
             extra: extra.map(str::to_string),
         };
-        let body = outgoing_body("x", &incoming, &out(None, None)).unwrap();
+        let body = outgoing_body("x", &incoming, out(None, None)).unwrap();
         let text = String::from_utf8(body.encode()).unwrap();
         assert!(text.contains(r#""max_turns":Infinity"#), "{text}");
         assert!(text.contains(r#""model":"m1""#), "{text}");
-        let body = outgoing_body("x", &incoming, &out(Some("m2"), Some(r#"{"k":2}"#))).unwrap();
+        let body = outgoing_body("x", &incoming, out(Some("m2"), Some(r#"{"k":2}"#))).unwrap();
         assert_eq!(body.extra.len(), 2);
         assert_eq!(
             (body.model(), &body.extra["k"]),
             (Some("m2"), &Value::from(2))
         );
-        let body = outgoing_body("x", &incoming, &out(None, Some(r#"{"messages":1}"#))).unwrap();
+        let body = outgoing_body("x", &incoming, out(None, Some(r#"{"messages":1}"#))).unwrap();
         assert_eq!(body.model(), Some("m1"));
         assert!(!body.extra.contains_key("messages"));
-        assert!(outgoing_body("x", &incoming, &out(None, Some("[1]"))).is_err());
+        assert!(outgoing_body("x", &incoming, out(None, Some("[1]"))).is_err());
     }
 }

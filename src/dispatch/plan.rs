@@ -72,7 +72,7 @@ fn plan_one(
                 .unwrap_or_else(|| REPLIES_QUEUE.into()),
         ),
     };
-    let body = contract::outgoing_body(agent, body, &out)?;
+    let body = contract::outgoing_body(agent, body, out)?;
     let mut headers = std::collections::BTreeMap::new();
     headers.insert(HEADER_AGENT_VERSION.to_string(), version.to_string());
     if let Some(notify) = input.headers.get(HEADER_NOTIFY) {
