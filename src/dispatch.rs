@@ -295,7 +295,6 @@ impl Dispatcher {
         let mut received = Received::default();
         let settled = match verdict {
             Verdict::Publish { planned, version } => {
-                let conversation_id = delivery.envelope.conversation_id.clone();
                 match self.publish_all(agent, m, &planned).await {
                     Ok(()) => {
                         if hop.is_some() {
@@ -310,7 +309,7 @@ impl Dispatcher {
                                 agent: agent.into(),
                                 version,
                                 id: id.clone(),
-                                conversation_id,
+                                conversation_id: conversation.clone(),
                                 attempt,
                                 outgoing: planned.iter().map(sent).collect(),
                             });
