@@ -19,19 +19,11 @@ use super::{Body, ChatMessage, Content, ToolCall};
 /// The body as serde_json's derived `Serialize` writes it: a map whose
 /// first entries are the fields, then the flattened `extra` keys.
 pub(super) fn body(out: &mut Vec<u8>, b: &Body) {
-    out.extend_from_slice(b"{\"messages\":[");
-    for (i, m) in b.messages.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        chat_message(out, m);
-    }
-    out.extend_from_slice(b"],\"context_variables\":");
+    out.extend_from_slice(b"{\"messages\":");
+    list(out, &b.messages, chat_message);
+    out.extend_from_slice(b",\"context_variables\":");
     object(out, &b.context_variables);
-    if let Some(from) = &b.from_agent {
-        out.extend_from_slice(b",\"from_agent\":");
-        string(out, from);
-    }
+    optional(out, b",\"from_agent\":", &b.from_agent);
     entries(out, &b.extra);
     out.push(b'}');
 }
@@ -43,28 +35,37 @@ fn chat_message(out: &mut Vec<u8>, m: &ChatMessage) {
     match &m.content {
         Content::Null => out.extend_from_slice(b"null"),
         Content::Text(t) => string(out, t),
-        Content::Parts(parts) => array(out, parts),
+        Content::Parts(parts) => list(out, parts, value),
     }
-    if let Some(name) = &m.name {
-        out.extend_from_slice(b",\"name\":");
-        string(out, name);
-    }
+    optional(out, b",\"name\":", &m.name);
     if let Some(calls) = &m.tool_calls {
-        out.extend_from_slice(b",\"tool_calls\":[");
-        for (i, c) in calls.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            tool_call(out, c);
-        }
-        out.push(b']');
+        out.extend_from_slice(b",\"tool_calls\":");
+        list(out, calls, tool_call);
     }
-    if let Some(id) = &m.tool_call_id {
-        out.extend_from_slice(b",\"tool_call_id\":");
-        string(out, id);
-    }
+    optional(out, b",\"tool_call_id\":", &m.tool_call_id);
     entries(out, &m.extra);
     out.push(b'}');
+}
+
+/// `key` (with its comma and colon) and the value, when there is one: the
+/// fields serde skips when `None`.
+fn optional(out: &mut Vec<u8>, key: &[u8], v: &Option<String>) {
+    if let Some(v) = v {
+        out.extend_from_slice(key);
+        string(out, v);
+    }
+}
+
+/// A JSON array of `items`, each written by `write`.
+fn list<T>(out: &mut Vec<u8>, items: &[T], write: impl Fn(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
 }
 
 fn tool_call(out: &mut Vec<u8>, c: &ToolCall) {
@@ -103,22 +104,11 @@ fn entries(out: &mut Vec<u8>, map: &Map<String, Value>) {
     }
 }
 
-fn array(out: &mut Vec<u8>, items: &[Value]) {
-    out.push(b'[');
-    for (i, v) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        value(out, v);
-    }
-    out.push(b']');
-}
-
 fn value(out: &mut Vec<u8>, v: &Value) {
     match v {
         Value::String(s) => string(out, s),
         Value::Object(map) => object(out, map),
-        Value::Array(items) => array(out, items),
+        Value::Array(items) => list(out, items, value),
         // Numbers (serde_json's own float formatting), booleans, null.
         other => serde_json::to_writer(&mut *out, other).expect("writing to a Vec cannot fail"),
     }
