@@ -62,8 +62,11 @@ struct Run {
     swaps: u64,
     /// RabbitMQ's CPU per message, in µs (when the broker is a local process).
     broker_us: Option<f64>,
-    /// The relay's own CPU per message, in µs: the benchmark process's,
-    /// less its load threads' (the sender and the receiver).
+    /// The relay's CPU per message, in µs: the benchmark process's less
+    /// the threads that send and receive the load. Their connections' I/O
+    /// threads (lapin runs one per connection, named alike) stay in: the
+    /// same for every relay, so the figure compares relays, it does not
+    /// price one alone.
     relay_us: Option<f64>,
 }
 
@@ -366,10 +369,12 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
                  and p99 are medians over the rounds, max the highest, swaps the total. \
                  \"swapping\": the agent's file is replaced every {} ms (two versions, \
                  alternating) through the folder watcher while the load runs. CPU per message \
-                 (medians over the rounds): RabbitMQ's process, and the relay's own (the \
-                 benchmark's process less the threads that send and receive the load); at a \
-                 paced rate each message finds the caches cold and the threads asleep, so it \
-                 costs several times what it does in the throughput table.",
+                 (medians over the rounds): RabbitMQ's process, and the relay's (the \
+                 benchmark's process less the threads that send and receive the load, but with \
+                 the I/O threads of their two connections, the same for every relay: compare \
+                 relays by it, do not price one alone); at a paced rate each message finds the \
+                 caches cold and the threads asleep, so it costs several times what it does in \
+                 the throughput table.",
             SWAP_EVERY.as_millis()
         ));
         Ok(t)
