@@ -232,17 +232,29 @@ impl Dispatcher {
         mut consumer: Box<dyn Consumer>,
         shutdown: CancellationToken,
     ) {
-        let max = self.config.in_flight_per_consumer.max(1);
         let metrics = self.metrics.agent(&agent);
+        // A slot per delivery being handled, given back once its output is
+        // confirmed: the ack may wait a little longer (acks are gathered to
+        // share frames, see `broker::amqp::acks`), but it must not hold up
+        // the next delivery (with one slot, that would cap the rate at one
+        // message per gather). RabbitMQ's prefetch still bounds the
+        // deliveries taken and not yet acked.
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.config.in_flight_per_consumer.max(1),
+        ));
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
+            let next = async {
+                let slot = slots.clone().acquire_owned().await;
+                (slot, consumer.next().await)
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                d = consumer.next(), if in_flight.len() < max => match d {
-                    Some(d) => in_flight.push(self.handle(&agent, &metrics, d)),
-                    None => break,
+                d = next => match d {
+                    (Ok(slot), Some(d)) => in_flight.push(self.handle(&agent, &metrics, d, slot)),
+                    _ => break,
                 },
             }
         }
@@ -255,17 +267,31 @@ impl Dispatcher {
     /// Handles one delivery to its settlement. Never fails: every error ends
     /// in a retry or a dead letter, and a settlement error is logged (the
     /// broker then redelivers the unsettled message).
-    pub async fn handle(&self, agent: &str, m: &AgentMetrics, delivery: Delivery) {
+    pub async fn handle(
+        &self,
+        agent: &str,
+        m: &AgentMetrics,
+        delivery: Delivery,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let started = std::time::Instant::now();
         m.received.inc();
         m.in_flight.inc();
-        self.handle_inner(agent, m, delivery).await;
+        self.handle_inner(agent, m, delivery, slot).await;
         m.in_flight.dec();
         m.processing_seconds
             .observe(started.elapsed().as_secs_f64());
     }
 
-    async fn handle_inner(&self, agent: &str, m: &AgentMetrics, mut delivery: Delivery) {
+    /// `slot` is the consumer's slot for this delivery: kept until the
+    /// outcome is published, given back before the ack.
+    async fn handle_inner(
+        &self,
+        agent: &str,
+        m: &AgentMetrics,
+        mut delivery: Delivery,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         if delivery.already_handled().await {
             let id = delivery.envelope.id.clone();
             info!(
@@ -300,6 +326,7 @@ impl Dispatcher {
                         if hop.is_some() {
                             received = Received::take(&mut delivery.envelope);
                         }
+                        drop(slot);
                         let r = delivery.ack().await;
                         if r.is_ok() {
                             m.acked.inc();

@@ -180,7 +180,7 @@ impl Metrics {
         );
         r.register(
             "processing_seconds",
-            "From delivery to settlement (publish confirmed, acked)",
+            "From delivery to settlement (publish confirmed, ack sent; acks wait up to --ack-gather ms to share a frame)",
             m.processing_seconds.clone(),
         );
         r.register(

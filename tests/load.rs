@@ -153,6 +153,79 @@ async fn batched_acks_never_pass_a_delivery_still_being_handled() {
     t.host.shutdown().await;
 }
 
+/// At a trickle each delivery comes alone, yet their acks share frames: the
+/// first to settle gathers the others (`ack_gather`) before the batch goes
+/// out. Only the ack waits: every reply arrives, each once, and nothing is
+/// left unacked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_of_deliveries_is_acked_in_shared_frames() {
+    let vh = Vhost::new();
+    // A long gather, so that even a slow machine handles the trickle within it.
+    let amqp = AmqpBroker::connect(AmqpConfig {
+        ack_gather: Duration::from_secs(2),
+        ..AmqpConfig::new(vh.url())
+    })
+    .await
+    .unwrap();
+    let t = start_on(
+        Arc::new(amqp.clone()),
+        plugins_dir(&["echo"]),
+        runtime_config(InstanceMode::Reuse),
+        DispatchConfig {
+            consumers_per_agent: 1,
+            ..fast_dispatch()
+        },
+    )
+    .await;
+    let (_conn, ch) = vh.plain_client().await;
+    Vhost::declare_queue(&ch, "trickle_out").await;
+    // One at a time, apart: no two arrive together. Confirms are awaited
+    // at the end: RabbitMQ confirms a message its consumer holds when it is
+    // acked (or written to disk), so one by one they would wait for the
+    // gather.
+    let mut confirms = Vec::new();
+    for i in 0..10 {
+        let id = format!("drop-{i}");
+        let props = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_correlation_id(id.as_str().into())
+            .with_reply_to("trickle_out".into())
+            .with_delivery_mode(2);
+        let confirm = ch
+            .basic_publish(
+                "agent_exchange".into(),
+                "agent.echo".into(),
+                BasicPublishOptions::default(),
+                br#"{"messages":[{"role":"user","content":"drop"}]}"#,
+                props,
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    for c in futures::future::join_all(confirms).await {
+        assert!(c.unwrap().is_ack());
+    }
+    let seen = collect_replies(&ch, "trickle_out", 10, Duration::from_secs(30)).await;
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "answered twice: {seen:?}");
+    let mut queues = vh.queues();
+    for _ in 0..100 {
+        if queues["agent_echo_queue"] == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        queues = vh.queues();
+    }
+    assert_eq!(queues["agent_echo_queue"], (0, 0), "{queues:?}");
+    let (acked, frames) = amqp.ack_counts();
+    println!("{acked} deliveries acked in {frames} ack frames");
+    assert_eq!(acked, 10);
+    assert!(frames <= 3, "{frames} frames for a trickle of {acked}");
+    t.host.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_recovers_from_close_all_connections_and_loses_nothing() {
     let vh = Vhost::new();

@@ -141,6 +141,11 @@ pub struct QueueArgs {
     /// older than the app_id / type form during a rolling upgrade.
     #[arg(long)]
     pub legacy_headers: bool,
+    /// Milliseconds the first settled delivery of a consumer waits for
+    /// others, so their acks share one frame (only the ack waits: outputs
+    /// are published at once). 0 acks at once.
+    #[arg(long, value_name = "MS", default_value_t = warren::broker::amqp::DEFAULT_ACK_GATHER.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub ack_gather: u64,
 }
 
 impl BrokerArgs {
@@ -186,6 +191,7 @@ impl BrokerArgs {
                         prefetch: queues.prefetch,
                         queue_type: queues.queue_type,
                         legacy_headers: queues.legacy_headers,
+                        ack_gather: Duration::from_millis(queues.ack_gather),
                         ..config
                     },
                     failed,

@@ -6,8 +6,17 @@
 //! deliveries at the front of a consumer channel's outstanding ones therefore
 //! costs one frame, one hand-off to lapin's I/O loop and one ack in the
 //! broker instead of one each. Under load most deliveries settle in about
-//! the order they came, so runs are long; at low load a delivery is usually
-//! the front one and is acked at once, alone.
+//! the order they came, so runs are long.
+//!
+//! At a steady, modest rate the deliveries of a channel come one at a time
+//! and each would be acked alone: a frame, a wake-up of the I/O thread and
+//! an ack in the broker per message, on a machine the broker already keeps
+//! busy. So the first delivery to settle *gathers* for a short while
+//! ([`DEFAULT_GATHER`], `AmqpConfig::ack_gather`) before it sends the
+//! front run, and those that settle meanwhile ride in the same frame. Only
+//! the ack waits: the output was published (and confirmed) before, so a
+//! message's latency does not change; a crash in the wait redelivers what
+//! was not acked yet, as it always could.
 //!
 //! What keeps it safe:
 //! - A batch never passes a delivery that is not settled by an ack: one still
@@ -19,7 +28,7 @@
 //!   until it has been sent, so no frame can overtake another and ack a tag
 //!   twice.
 //! - A settled delivery behind one that takes long (a slow LLM call) is not
-//!   held for it: after [`LINGER`] it is acked alone, so it does not keep a
+//!   held for it: after the gather and [`LINGER`] it is acked alone, so it does not keep a
 //!   prefetch slot or risk a second handling after a crash for longer.
 //! - A recovered channel counts tags from 1 again: the consumer starts a new
 //!   window when a tag is not above the last one (lapin poisons the old
@@ -35,8 +44,15 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::oneshot;
 
 /// How long a settled delivery waits for the deliveries before it to settle
-/// (so it can join their batch) before it is acked alone.
+/// (so it can join their batch) before it is acked alone (after the gather).
 pub(super) const LINGER: Duration = Duration::from_millis(10);
+
+/// How long the first delivery of a batch waits for others to settle
+/// before sending the batch, unless configured. Measured at a paced 2,000
+/// msg/s (4 consumers: one delivery per channel every 2 ms), 5 ms puts a
+/// few deliveries in each frame (BENCHMARKS.md); it is short beside the
+/// redelivery a crash causes anyway.
+pub const DEFAULT_GATHER: Duration = Duration::from_millis(5);
 
 /// Why an ack's outcome is unknown: the task sending its batch was dropped.
 const DROPPED: &str = "the batch carrying the ack was dropped";
@@ -65,6 +81,8 @@ impl AckCounts {
 pub(super) struct AckWindow {
     state: Mutex<State>,
     counts: Arc<AckCounts>,
+    /// See [`DEFAULT_GATHER`].
+    gather: Duration,
 }
 
 #[derive(Default)]
@@ -75,6 +93,8 @@ struct State {
     last_tag: u64,
     /// A batch is being sent.
     flushing: bool,
+    /// A settled delivery is gathering others before it sends the front run.
+    gathering: bool,
 }
 
 enum Slot {
@@ -99,17 +119,28 @@ impl Drop for Flushing<'_> {
     }
 }
 
+/// Clears `gathering` however the wait ends (also if its task is dropped
+/// mid-wait), so another delivery can lead the next batch.
+struct Gathering<'a>(&'a AckWindow);
+
+impl Drop for Gathering<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().gathering = false;
+    }
+}
+
 impl AckWindow {
-    pub(super) fn new(counts: Arc<AckCounts>) -> Self {
+    pub(super) fn new(counts: Arc<AckCounts>, gather: Duration) -> Self {
         AckWindow {
             state: Mutex::default(),
             counts,
+            gather,
         }
     }
 
     /// An empty window for the same channel's next incarnation.
     pub(super) fn renewed(&self) -> Self {
-        Self::new(self.counts.clone())
+        Self::new(self.counts.clone(), self.gather)
     }
 
     /// Registers a delivery; `false` when its tag is not above the last one
@@ -125,34 +156,48 @@ impl AckWindow {
     }
 
     /// Acks delivery `tag`: in a batch with the settled deliveries around it
-    /// when it is (or soon becomes) part of the front run, alone after
-    /// [`LINGER`] otherwise.
+    /// when it is (or, within the gather and [`LINGER`], becomes) part of the
+    /// front run, alone after that otherwise.
     pub(super) async fn ack(&self, tag: u64, acker: Acker) -> Sent {
         let (done, mut result) = oneshot::channel();
-        let alone = {
+        let (alone, lead) = {
             let mut state = self.state.lock().unwrap();
             match state.outstanding.get_mut(&tag) {
                 Some(slot @ Slot::Handling) => {
                     *slot = Slot::Settled { acker, done };
-                    None
+                    // The first to settle leads the batch; the others
+                    // settling while it gathers are sent with it.
+                    // Without a gather every delivery sends what it can.
+                    let lead = self.gather.is_zero() || !state.gathering;
+                    state.gathering = true;
+                    (None, lead)
                 }
                 // Not in this window (cannot happen: every delivery is
                 // registered): ack it alone.
-                _ => Some(acker),
+                _ => (Some(acker), false),
             }
         };
         if let Some(acker) = alone {
             self.counts.sent(1);
             return sent(acker.ack(BasicAckOptions::default()).await);
         }
-        self.flush().await;
-        // Usually sent by now (this task sent the batch): no timer then.
-        match result.try_recv() {
-            Ok(r) => return r,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(DROPPED.into()),
-            Err(oneshot::error::TryRecvError::Empty) => {}
+        if lead {
+            let gathering = Gathering(self);
+            if !self.gather.is_zero() {
+                tokio::time::sleep(self.gather).await;
+            }
+            // Cleared before the flush: a delivery settling from now on
+            // leads a batch of its own instead of being left behind.
+            drop(gathering);
+            self.flush().await;
+            // Usually sent by now (this task sent the batch): no timer then.
+            match result.try_recv() {
+                Ok(r) => return r,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(DROPPED.into()),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
         }
-        if let Ok(r) = tokio::time::timeout(LINGER, &mut result).await {
+        if let Ok(r) = tokio::time::timeout(self.gather + LINGER, &mut result).await {
             return r.unwrap_or_else(|_| Err(DROPPED.into()));
         }
         // Still waiting behind an unsettled delivery: ack alone, unless a
@@ -258,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_tag_not_above_the_last_starts_a_new_window() {
-        let w = AckWindow::new(Default::default());
+        let w = AckWindow::new(Default::default(), DEFAULT_GATHER);
         assert!(w.received(1));
         assert!(w.received(2));
         assert!(!w.received(1), "tags restart after a channel recovery");

@@ -55,6 +55,7 @@ mod topology;
 mod unroutable;
 mod url;
 
+pub use acks::DEFAULT_GATHER as DEFAULT_ACK_GATHER;
 pub use headers::{
     HEADER_ATTEMPT, HEADER_HOPS, HEADER_REASON, HEADER_SENDER, Origin, TYPE_PREFIX, origin,
 };
@@ -136,6 +137,10 @@ pub struct AmqpConfig {
     /// hosts before the `app_id` / `type` form read), besides the
     /// properties. Costs the broker a header table per message.
     pub legacy_headers: bool,
+    /// How long the first settled delivery of a consumer channel waits for
+    /// others to settle, so their acks go out in one frame (see `acks`).
+    /// Zero acks each run at once.
+    pub ack_gather: Duration,
 }
 
 impl AmqpConfig {
@@ -152,6 +157,7 @@ impl AmqpConfig {
             connect_timeout: Duration::from_secs(5),
             heartbeat: 10,
             legacy_headers: false,
+            ack_gather: acks::DEFAULT_GATHER,
         }
     }
 }
@@ -363,7 +369,7 @@ impl Broker for AmqpBroker {
             channel,
             consumer,
             queue: names::queue(agent),
-            window: Arc::new(AckWindow::new(inner.acks.clone())),
+            window: Arc::new(AckWindow::new(inner.acks.clone(), inner.config.ack_gather)),
         }))
     }
 
@@ -408,7 +414,7 @@ impl Broker for AmqpBroker {
             channel,
             consumer,
             queue: name.clone(),
-            window: Arc::new(AckWindow::new(inner.acks.clone())),
+            window: Arc::new(AckWindow::new(inner.acks.clone(), inner.config.ack_gather)),
         };
         Ok((name, Box::new(consumer)))
     }
