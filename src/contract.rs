@@ -19,17 +19,21 @@ const TURN_FIELDS: [&str; 4] = ["role", "name", "tool_calls", "tool_call_id"];
 /// Keys of a body that have fields of their own: never taken from `extra`.
 const BODY_FIELDS: [&str; 3] = ["messages", "context_variables", "from_agent"];
 
-/// The WIT message an agent receives for an envelope.
-pub fn to_message(agent: &str, env: &Envelope, body: &Body) -> Message {
+/// The WIT message an agent receives for an envelope. The body's turns move
+/// into it (they are most of a message's bytes, and copying them cost a few
+/// allocations per turn): what the answer's body keeps of the incoming one
+/// is its context, model and extra keys (see [`outgoing_body`]), never its
+/// turns, so `body.messages` is left empty.
+pub fn to_message(agent: &str, env: &Envelope, body: &mut Body) -> Message {
+    let non_finite = body.non_finite;
     Message {
         id: env.id.clone(),
         conversation_id: env.conversation_id.clone(),
         sender: env.sender.clone().or_else(|| body.from_agent.clone()),
         recipient: agent.to_string(),
-        messages: body
-            .messages
-            .iter()
-            .map(|m| turn_to_wit(m, body.non_finite))
+        messages: std::mem::take(&mut body.messages)
+            .into_iter()
+            .map(|m| turn_to_wit(m, non_finite))
             .collect(),
         context: body.context_text(),
         attempt: env.attempt.max(1),
@@ -90,20 +94,27 @@ pub fn outgoing_body(agent: &str, incoming: &Body, out: Outgoing) -> Result<Body
 }
 
 /// One chat turn as WIT: content parts, if any, go to `extra` as `content`.
-pub fn turn_to_wit(m: &wire::ChatMessage, non_finite: bool) -> ChatMessage {
-    let (content, parts) = match &m.content {
+pub fn turn_to_wit(m: wire::ChatMessage, non_finite: bool) -> ChatMessage {
+    let wire::ChatMessage {
+        role,
+        content,
+        name,
+        tool_calls,
+        tool_call_id,
+        extra: mut keys,
+    } = m;
+    let (content, parts) = match content {
         Content::Null => (None, None),
-        Content::Text(t) => (Some(t.clone()), None),
-        Content::Parts(p) => (None, Some(Value::Array(p.clone()))),
+        Content::Text(t) => (Some(t), None),
+        Content::Parts(p) => (None, Some(Value::Array(p))),
     };
-    let extra = if m.extra.is_empty() && parts.is_none() {
+    let extra = if keys.is_empty() && parts.is_none() {
         None
     } else {
-        let mut extra = m.extra.clone();
         if let Some(parts) = parts {
-            extra.insert("content".into(), parts);
+            keys.insert("content".into(), parts);
         }
-        let text = Value::Object(extra).to_string();
+        let text = Value::Object(keys).to_string();
         Some(if non_finite {
             wire::nonfinite::markers_as_strings(text)
         } else {
@@ -111,23 +122,23 @@ pub fn turn_to_wit(m: &wire::ChatMessage, non_finite: bool) -> ChatMessage {
         })
     };
     ChatMessage {
-        role: m.role.clone(),
+        role,
         content,
-        name: m.name.clone(),
-        tool_calls: m.tool_calls.as_ref().map(|calls| {
+        name,
+        tool_calls: tool_calls.map(|calls| {
             calls
-                .iter()
+                .into_iter()
                 .map(|c| ToolCall {
-                    id: c.id.clone(),
-                    kind: c.kind.clone(),
+                    id: c.id,
+                    kind: c.kind,
                     function: FunctionCall {
-                        name: c.function.name.clone(),
-                        arguments: c.function.arguments.clone(),
+                        name: c.function.name,
+                        arguments: c.function.arguments,
                     },
                 })
                 .collect()
         }),
-        tool_call_id: m.tool_call_id.clone(),
+        tool_call_id,
         extra,
     }
 }
@@ -183,7 +194,7 @@ mod tests {
         )
         .unwrap();
         for m in &body.messages {
-            assert_eq!(&turn_from_wit(turn_to_wit(m, false)).unwrap(), m);
+            assert_eq!(&turn_from_wit(turn_to_wit(m.clone(), false)).unwrap(), m);
         }
     }
 

@@ -16,8 +16,10 @@
 //!   RabbitMQ through lapin.
 //! - [`contract`] — the body on the wire ⇄ the WIT message an agent sees.
 //! - [`dispatch`] — the loop: delivery → decode → agent → publish → ack, and
-//!   every retry / dead-letter decision with its reason (`dispatch::plan`:
-//!   what an agent's answer becomes — routes, derived ids, backoff;
+//!   every retry / dead-letter decision with its reason (`dispatch::decide`:
+//!   the checks and the guest call that give a delivery its verdict;
+//!   `dispatch::plan`: what an agent's answer becomes — routes, derived ids,
+//!   backoff;
 //!   `dispatch::settle`: publishing it, retrying, dead-lettering;
 //!   `dispatch::trouble`: each agent's latest error and failed settlements).
 //! - [`runtime`] — wasmtime: loading and checking components against the

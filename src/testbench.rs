@@ -42,14 +42,14 @@ pub async fn run(
         total += 1;
         let id = format!("test-{}", n + 1);
         let outcome = async {
-            let body = Body::decode(line.as_bytes()).context("undecodable body")?;
+            let mut body = Body::decode(line.as_bytes()).context("undecodable body")?;
             let env = Envelope {
                 id: id.clone(),
                 conversation_id: id.clone(),
                 attempt: 1,
                 ..Default::default()
             };
-            let msg = dispatch::to_message(&agent, &env, &body);
+            let msg = dispatch::to_message(&agent, &env, &mut body);
             match pool.call(&msg).await {
                 Err(guest) => bail!("guest failed: {guest}"),
                 Ok(Err(Failure::Reject(r))) => bail!("rejected by agent: {r}"),

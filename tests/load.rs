@@ -141,15 +141,7 @@ async fn batched_acks_never_pass_a_delivery_still_being_handled() {
     );
     assert_eq!(queues["agent_chaos_queue.dlq"], (15, 0), "{queues:?}");
     // Then the slow one is acked too.
-    let mut queues = vh.queues();
-    for _ in 0..50 {
-        if queues["agent_chaos_queue"] == (0, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        queues = vh.queues();
-    }
-    assert_eq!(queues["agent_chaos_queue"], (0, 0), "{queues:?}");
+    vh.wait_drained("agent_chaos_queue", 5).await;
     t.host.shutdown().await;
 }
 
@@ -186,22 +178,8 @@ async fn a_trickle_of_deliveries_is_acked_in_shared_frames() {
     let mut confirms = Vec::new();
     for i in 0..10 {
         let id = format!("drop-{i}");
-        let props = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_correlation_id(id.as_str().into())
-            .with_reply_to("trickle_out".into())
-            .with_delivery_mode(2);
-        let confirm = ch
-            .basic_publish(
-                "agent_exchange".into(),
-                "agent.echo".into(),
-                BasicPublishOptions::default(),
-                br#"{"messages":[{"role":"user","content":"drop"}]}"#,
-                props,
-            )
-            .await
-            .unwrap();
-        confirms.push(confirm);
+        let body = br#"{"messages":[{"role":"user","content":"drop"}]}"#;
+        confirms.push(publish_one(&ch, "echo", &id, "trickle_out", body).await);
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     for c in futures::future::join_all(confirms).await {
@@ -210,15 +188,7 @@ async fn a_trickle_of_deliveries_is_acked_in_shared_frames() {
     let seen = collect_replies(&ch, "trickle_out", 10, Duration::from_secs(30)).await;
     assert_eq!(seen.len(), 10, "{seen:?}");
     assert!(seen.values().all(|&n| n == 1), "answered twice: {seen:?}");
-    let mut queues = vh.queues();
-    for _ in 0..100 {
-        if queues["agent_echo_queue"] == (0, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        queues = vh.queues();
-    }
-    assert_eq!(queues["agent_echo_queue"], (0, 0), "{queues:?}");
+    vh.wait_drained("agent_echo_queue", 10).await;
     let (acked, frames) = amqp.ack_counts();
     println!("{acked} deliveries acked in {frames} ack frames");
     assert_eq!(acked, 10);

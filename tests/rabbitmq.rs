@@ -408,22 +408,8 @@ async fn answers_to_a_vanished_reply_queue_are_dead_lettered_not_lost() {
             "vanished_replies"
         };
         let id = format!("m-{i}");
-        let props = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_correlation_id(id.as_str().into())
-            .with_reply_to(reply_to.into())
-            .with_delivery_mode(2);
-        confirms.push(
-            ch.basic_publish(
-                "agent_exchange".into(),
-                "agent.echo".into(),
-                BasicPublishOptions::default(),
-                br#"{"messages":[{"role":"user","content":"hello"}]}"#,
-                props,
-            )
-            .await
-            .unwrap(),
-        );
+        let body = br#"{"messages":[{"role":"user","content":"hello"}]}"#;
+        confirms.push(publish_one(&ch, "echo", &id, reply_to, body).await);
     }
     for c in futures::future::join_all(confirms).await {
         assert!(c.unwrap().is_ack());

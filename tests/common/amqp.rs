@@ -51,28 +51,38 @@ pub async fn publish_many(
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let id = format!("load-{i}");
-        let props = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_correlation_id(id.as_str().into())
-            .with_reply_to(reply_to.into())
-            .with_delivery_mode(2);
-        let c = ch
-            .basic_publish(
-                "agent_exchange".into(),
-                format!("agent.{agent}").as_str().into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props,
-            )
-            .await
-            .unwrap();
-        confirms.push(c);
+        confirms.push(publish_one(ch, agent, &id, reply_to, body.as_bytes()).await);
         ids.push(id);
     }
     for c in futures::future::join_all(confirms).await {
         assert!(c.unwrap().is_ack());
     }
     ids
+}
+
+/// Publishes one persistent message to `agent` (id and correlation id
+/// `id`); returns its confirm, for the caller to await (pipelined).
+pub async fn publish_one(
+    ch: &lapin::Channel,
+    agent: &str,
+    id: &str,
+    reply_to: &str,
+    body: &[u8],
+) -> lapin::PublisherConfirm {
+    let props = BasicProperties::default()
+        .with_message_id(id.into())
+        .with_correlation_id(id.into())
+        .with_reply_to(reply_to.into())
+        .with_delivery_mode(2);
+    ch.basic_publish(
+        "agent_exchange".into(),
+        format!("agent.{agent}").as_str().into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap()
 }
 
 /// Consumes `queue` until every id in `expected` has been seen; returns how

@@ -112,6 +112,20 @@ impl Vhost {
     pub fn queues(&self) -> std::collections::HashMap<String, (u64, u64)> {
         queues_of(&self.name)
     }
+
+    /// Waits (up to `secs`) until `queue` holds nothing, ready or unacked,
+    /// and asserts that it came to that.
+    pub async fn wait_drained(&self, queue: &str, secs: u64) {
+        let mut queues = self.queues();
+        for _ in 0..secs * 10 {
+            if queues.get(queue) == Some(&(0, 0)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            queues = self.queues();
+        }
+        assert_eq!(queues.get(queue), Some(&(0, 0)), "{queue}: {queues:?}");
+    }
 }
 
 /// [`Vhost::queues`] by the vhost's name (from another thread).
