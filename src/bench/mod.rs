@@ -271,7 +271,7 @@ pub(crate) fn per_sec(n: usize, d: Duration) -> f64 {
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return 0.0;
     }
