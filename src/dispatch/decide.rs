@@ -40,6 +40,9 @@ impl Dispatcher {
         }
     }
 
+    /// The verdict on one delivery: the checks that need no agent first
+    /// (a bad hop header, the hop limit, the size, the body, the sender's
+    /// turn cap), then the guest call; `call` keeps what the trace needs.
     pub(super) async fn decide(
         &self,
         agent: &str,
