@@ -32,18 +32,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::broker::{Broker, Consumer, Delivery, Envelope, HEADER_GUEST_TRACE, Route, bounded};
+use crate::broker::{Broker, Delivery, Envelope, HEADER_GUEST_TRACE, Route, bounded};
 use crate::metrics::{AgentMetrics, Metrics};
 use crate::registry::Registry;
 use crate::trace::{HopEnd, HopStart, Outcome, Received, TraceLog};
 use crate::wire::Body;
 
+mod consume;
 mod decide;
 mod plan;
 mod settle;
@@ -220,46 +219,6 @@ impl Dispatcher {
     fn emit(&self, event: Event) {
         // No subscribers is normal; events are for whoever listens.
         let _ = self.events.send(event);
-    }
-
-    /// Consumes until `shutdown`; an in-flight message is always finished
-    /// (published and settled) before the worker stops.
-    pub async fn run_consumer(
-        self: Arc<Self>,
-        agent: String,
-        mut consumer: Box<dyn Consumer>,
-        shutdown: CancellationToken,
-    ) {
-        let metrics = self.metrics.agent(&agent);
-        // A slot per delivery being handled, given back once its output is
-        // confirmed: the ack may wait a little longer (acks are gathered to
-        // share frames, see `broker::amqp::acks`), but it must not hold up
-        // the next delivery (with one slot, that would cap the rate at one
-        // message per gather). RabbitMQ's prefetch still bounds the
-        // deliveries taken and not yet acked.
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            self.config.in_flight_per_consumer.max(1),
-        ));
-        let mut in_flight = futures::stream::FuturesUnordered::new();
-        loop {
-            let next = async {
-                let slot = slots.clone().acquire_owned().await;
-                (slot, consumer.next().await)
-            };
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                d = next => match d {
-                    (Ok(slot), Some(d)) => in_flight.push(self.handle(&agent, &metrics, d, slot)),
-                    _ => break,
-                },
-            }
-        }
-        // Stop taking deliveries, but finish (publish and settle) what was taken.
-        while in_flight.next().await.is_some() {}
-        consumer.stop().await;
-        debug!(agent, "consumer stopped");
     }
 
     /// Handles one delivery to its settlement. Never fails: every error ends

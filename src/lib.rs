@@ -16,15 +16,18 @@
 //!   RabbitMQ through lapin.
 //! - [`contract`] — the body on the wire ⇄ the WIT message an agent sees.
 //! - [`dispatch`] — the loop: delivery → decode → agent → publish → ack, and
-//!   every retry / dead-letter decision with its reason (`dispatch::decide`:
+//!   every retry / dead-letter decision with its reason (`dispatch::consume`:
+//!   an agent's consumer, its deliveries handled many at once; `dispatch::decide`:
 //!   the checks and the guest call that give a delivery its verdict;
 //!   `dispatch::plan`: what an agent's answer becomes — routes, derived ids,
 //!   backoff;
 //!   `dispatch::settle`: publishing it, retrying, dead-lettering;
 //!   `dispatch::trouble`: each agent's latest error and failed settlements).
 //! - [`runtime`] — wasmtime: loading and checking components against the
-//!   world, the compile cache, the WASI sandbox, per-agent instance pools,
-//!   and what an agent is granted beyond it (settings, outbound HTTP).
+//!   world, the compile cache, the WASI sandbox, per-agent instance pools
+//!   (`runtime::spread`: a heavy agent's calls in tasks of their own, so they
+//!   use every core), and what an agent is granted beyond it (settings,
+//!   outbound HTTP).
 //! - [`registry`] — agents by name, each the current version of its plugin.
 //! - [`watch`] — the live plugins folder: add, replace, remove on file events.
 //! - [`guard`] — the rollback guard for a freshly swapped-in version.

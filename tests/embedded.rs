@@ -413,6 +413,44 @@ async fn fresh_instance_mode_handles_messages() {
     assert_eq!(b.calls, 3);
 }
 
+/// An agent whose calls take milliseconds of CPU gets each call in a task
+/// of its own (so one consumer's calls spread over the cores); a quick
+/// agent's calls stay in the consumer's task (a task each would cost as much
+/// as the call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_calls_get_a_task_each_quick_ones_do_not() {
+    let t = start(&["chaos", "echo"]).await;
+    for i in 0..20 {
+        assert_eq!(
+            answer(t.broker.as_ref(), "echo", &format!("m{i}"), 10).await,
+            format!("m{i}")
+        );
+    }
+    for _ in 0..4 {
+        // Tens of milliseconds of arithmetic: heavy on any machine.
+        let text = answer(t.broker.as_ref(), "chaos", "burn:40000000", 30).await;
+        assert!(text.starts_with("burned 40000000 rounds"), "{text}");
+    }
+    let registry = t.host.registry();
+    let (echo, chaos) = (
+        registry.get("echo").unwrap(),
+        registry.get("chaos").unwrap(),
+    );
+    assert_eq!(
+        echo.weight().spread_calls(),
+        0,
+        "{:?}",
+        echo.weight().average()
+    );
+    assert!(chaos.weight().heavy(), "{:?}", chaos.weight().average());
+    // The first call had no history and ran in the consumer's task.
+    assert!(
+        chaos.weight().spread_calls() >= 2,
+        "{}",
+        chaos.weight().spread_calls()
+    );
+}
+
 #[tokio::test]
 async fn guest_output_and_log_do_not_disturb_the_call() {
     let t = start(&["chaos"]).await;

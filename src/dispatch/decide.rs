@@ -97,7 +97,7 @@ impl Dispatcher {
         }
         let msg = to_message(agent, env, &mut body);
         let called = std::time::Instant::now();
-        let answer = pool.call(&msg).await;
+        let answer = pool.call_spread(msg).await;
         let guest = called.elapsed();
         m.guest_seconds.observe(guest.as_secs_f64());
         call.guest = Some(guest);

@@ -14,6 +14,7 @@ pub mod outbound;
 pub mod pool;
 pub mod sandbox;
 pub mod settings;
+pub mod spread;
 pub mod throttle;
 
 use std::path::{Path, PathBuf};

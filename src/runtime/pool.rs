@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{Bound, Failure, Message, Outgoing};
@@ -152,8 +152,10 @@ pub struct AgentPool {
     limits: AgentLimits,
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     stats: CallStats,
+    /// How long its calls take, lately (see `spread`).
+    weight: super::spread::CallWeight,
 }
 
 impl AgentPool {
@@ -170,8 +172,9 @@ impl AgentPool {
             limits,
             runtime,
             idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(max),
+            permits: Arc::new(Semaphore::new(max)),
             stats: CallStats::default(),
+            weight: Default::default(),
         });
         let first = pool.instantiate().await.map_err(|e| {
             anyhow::anyhow!(
@@ -210,6 +213,11 @@ impl AgentPool {
 
     pub fn release_idle(&self) {
         self.idle.lock().unwrap().clear();
+    }
+
+    /// How long this agent's calls take, lately.
+    pub fn weight(&self) -> &super::spread::CallWeight {
+        &self.weight
     }
 
     /// The limits this agent runs under (host defaults + its manifest).
@@ -274,11 +282,25 @@ impl AgentPool {
     /// Runs `on-message`. The outer error is a guest that did not return
     /// (trap, deadline, ...); the inner one is the guest's own `failure`.
     pub async fn call(&self, msg: &Message) -> Result<Result<Vec<Outgoing>, Failure>, GuestError> {
-        let _permit = self
-            .permits
-            .acquire()
+        let turn = self.turn().await;
+        self.call_in_turn(turn, msg).await
+    }
+
+    /// Waits until fewer than the agent's `max_instances` calls run.
+    pub(super) async fn turn(&self) -> OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_owned()
             .await
-            .expect("the semaphore is never closed");
+            .expect("the semaphore is never closed")
+    }
+
+    /// Runs `on-message` in a turn taken by [`AgentPool::turn`].
+    pub(super) async fn call_in_turn(
+        &self,
+        _turn: OwnedSemaphorePermit,
+        msg: &Message,
+    ) -> Result<Result<Vec<Outgoing>, Failure>, GuestError> {
         let reuse = self.limits.instance_mode == InstanceMode::Reuse;
         let pooled = if reuse {
             self.idle.lock().unwrap().pop()
@@ -320,9 +342,11 @@ impl AgentPool {
                     });
                 }
             };
+        let took = started.elapsed();
+        self.weight.note(took);
         self.stats
             .guest_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         self.stats.peak_memory.fetch_max(
             inst.store.data().limits.peak_memory as u64,
             Ordering::Relaxed,
