@@ -101,9 +101,14 @@ pub struct DispatchConfig {
     pub in_flight_per_consumer: usize,
 }
 
+/// Consumers (channels) per agent unless configured: two, not more (see
+/// `broker::amqp::DEFAULT_PREFETCH`); a heavy agent's calls use every core
+/// whatever the count (`runtime::spread`).
+pub const DEFAULT_CONSUMERS: usize = 2;
+
 /// Deliveries each consumer handles at once unless configured (see
 /// `broker::amqp::DEFAULT_PREFETCH`: the two go together).
-pub const DEFAULT_IN_FLIGHT: usize = 256;
+pub const DEFAULT_IN_FLIGHT: usize = 512;
 
 impl Default for DispatchConfig {
     fn default() -> Self {
@@ -113,7 +118,7 @@ impl Default for DispatchConfig {
             max_hops: 16,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
-            consumers_per_agent: 4,
+            consumers_per_agent: DEFAULT_CONSUMERS,
             in_flight_per_consumer: DEFAULT_IN_FLIGHT,
             max_outgoing: 64,
             max_message_bytes: 1 << 20,

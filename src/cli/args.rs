@@ -258,7 +258,7 @@ pub struct DispatchArgs {
     #[arg(long, default_value_t = 30_000)]
     pub backoff_cap_ms: u64,
     /// Concurrent consumers per agent.
-    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
+    #[arg(long, default_value_t = warren::dispatch::DEFAULT_CONSUMERS, value_parser = at_least_one())]
     pub consumers: usize,
     /// Most messages one agent call may send on.
     #[arg(long, default_value_t = 64)]
