@@ -97,11 +97,11 @@ pub enum QueueType {
 /// window is what hides the broker's confirm latency (fsync of persistent
 /// messages): with 8, half the machine sat idle waiting for confirms. The
 /// same window of 1,024 on fewer channels drains as fast as 4 × 256 (the raw
-/// lapin relay's own fastest shape) with less CPU per message in RabbitMQ
-/// and the host, and a paced p99 at the raw relay's: each consumer channel's
-/// deliveries wake the host on their own. It bounds memory (prefetch ×
-/// consumers bodies per agent) and what one host takes of a queue shared
-/// with others: lower it for large bodies or slow agents.
+/// lapin relay's own fastest shape) with less of RabbitMQ's CPU per message,
+/// and a paced p99 at the raw relay's where 4 × 256 stayed above it. It
+/// bounds memory (prefetch × consumers bodies per agent) and what one host
+/// takes of a queue shared with others: lower it for large bodies or slow
+/// agents.
 pub const DEFAULT_PREFETCH: u16 = 512;
 
 /// How to reach RabbitMQ and shape the topology.
