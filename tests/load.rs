@@ -196,6 +196,44 @@ async fn a_trickle_of_deliveries_is_acked_in_shared_frames() {
     t.host.shutdown().await;
 }
 
+/// A backlog keeps the channel's window full, and then the first delivery
+/// to settle does not gather: with a gather of 15 s the backlog drains
+/// within 12 s (each batch waiting out the gather, 200 messages through a
+/// prefetch of 8 would take 25 batches × 15 s). The tail, once the window
+/// is no longer full, gathers as usual: shutdown waits for those acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_channel_acks_without_waiting_for_the_gather() {
+    let vh = Vhost::new();
+    let amqp = AmqpBroker::connect(AmqpConfig {
+        ack_gather: Duration::from_secs(15),
+        prefetch: 8,
+        ..AmqpConfig::new(vh.url())
+    })
+    .await
+    .unwrap();
+    let t = start_on(
+        Arc::new(amqp.clone()),
+        plugins_dir(&["echo"]),
+        runtime_config(InstanceMode::Reuse),
+        DispatchConfig {
+            consumers_per_agent: 1,
+            in_flight_per_consumer: 8,
+            ..fast_dispatch()
+        },
+    )
+    .await;
+    let (_conn, ch) = vh.plain_client().await;
+    Vhost::declare_queue(&ch, "busy_out").await;
+    let ids = publish_many(&ch, "echo", 200, "busy_out", "busy").await;
+    let seen = collect_replies(&ch, "busy_out", ids.len(), Duration::from_secs(12)).await;
+    assert_eq!(seen.len(), ids.len(), "the acks waited for the gather");
+    assert!(seen.values().all(|&n| n == 1), "answered twice: {seen:?}");
+    t.host.shutdown().await;
+    let (acked, _) = amqp.ack_counts();
+    assert_eq!(acked, 200);
+    vh.wait_drained("agent_echo_queue", 10).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_recovers_from_close_all_connections_and_loses_nothing() {
     let vh = Vhost::new();

@@ -331,7 +331,10 @@ pub async fn scale(config: &BenchConfig) -> Result<Table> {
             format!("{rss:.0} MiB"),
         ]);
     }
-    t.note = Some("Each agent is a distinct component (own hash, own compile), 4 consumers each. Target for 100 agents: ≤ 2 s warm, ≤ 150 MiB.".into());
+    t.note = Some(format!(
+        "Each agent is a distinct component (own hash, own compile), {} consumers each (the defaults). Target for 100 agents: ≤ 2 s warm, ≤ 150 MiB.",
+        crate::dispatch::DEFAULT_CONSUMERS
+    ));
     Ok(t)
 }
 

@@ -143,6 +143,8 @@ impl BenchConfig {
                 Shape::new(4, 64, 64),
                 Shape::new(2, 128, 128),
                 Shape::new(1, 512, 512),
+                Shape::new(2, 512, 512),
+                Shape::new(1, 1024, 1024),
             ],
             sweep: vec![
                 Shape::new(1, 64, 64),

@@ -18,6 +18,14 @@
 //! message's latency does not change; a crash in the wait redelivers what
 //! was not acked yet, as it always could.
 //!
+//! Under load there is nothing to gather for, and the wait would cost: the
+//! confirms come in bursts that settle many deliveries at once, and while
+//! half the channel's prefetch or more is outstanding, RabbitMQ's next
+//! deliveries wait on these acks (the window is what the rate is made of:
+//! gathering there cost 2–5% of throughput at the defaults, BENCHMARKS.md).
+//! Then the first to settle only lets the others woken with it settle (one
+//! yield) before it sends the run.
+//!
 //! What keeps it safe:
 //! - A batch never passes a delivery that is not settled by an ack: one still
 //!   being handled, or one whose nack (give-back) is under way, ends the run.
@@ -83,6 +91,9 @@ pub(super) struct AckWindow {
     counts: Arc<AckCounts>,
     /// See [`DEFAULT_GATHER`].
     gather: Duration,
+    /// From this many outstanding deliveries on, the channel is busy: no
+    /// gather (see the module docs).
+    busy: usize,
 }
 
 #[derive(Default)]
@@ -130,17 +141,29 @@ impl Drop for Gathering<'_> {
 }
 
 impl AckWindow {
-    pub(super) fn new(counts: Arc<AckCounts>, gather: Duration) -> Self {
+    /// A window for a channel with this `prefetch` (0: unlimited, which is
+    /// never busy).
+    pub(super) fn new(counts: Arc<AckCounts>, gather: Duration, prefetch: u16) -> Self {
+        let busy = match prefetch {
+            0 => usize::MAX,
+            p => usize::from(p).div_ceil(2),
+        };
         AckWindow {
             state: Mutex::default(),
             counts,
             gather,
+            busy,
         }
     }
 
     /// An empty window for the same channel's next incarnation.
     pub(super) fn renewed(&self) -> Self {
-        Self::new(self.counts.clone(), self.gather)
+        AckWindow {
+            state: Mutex::default(),
+            counts: self.counts.clone(),
+            gather: self.gather,
+            busy: self.busy,
+        }
     }
 
     /// Registers a delivery; `false` when its tag is not above the last one
@@ -160,8 +183,9 @@ impl AckWindow {
     /// front run, alone after that otherwise.
     pub(super) async fn ack(&self, tag: u64, acker: Acker) -> Sent {
         let (done, mut result) = oneshot::channel();
-        let (alone, lead) = {
+        let (alone, lead, busy) = {
             let mut state = self.state.lock().unwrap();
+            let busy = state.outstanding.len() >= self.busy;
             match state.outstanding.get_mut(&tag) {
                 Some(slot @ Slot::Handling) => {
                     *slot = Slot::Settled { acker, done };
@@ -170,11 +194,11 @@ impl AckWindow {
                     // Without a gather every delivery sends what it can.
                     let lead = self.gather.is_zero() || !state.gathering;
                     state.gathering = true;
-                    (None, lead)
+                    (None, lead, busy)
                 }
                 // Not in this window (cannot happen: every delivery is
                 // registered): ack it alone.
-                _ => (Some(acker), false),
+                _ => (Some(acker), false, busy),
             }
         };
         if let Some(acker) = alone {
@@ -183,7 +207,9 @@ impl AckWindow {
         }
         if lead {
             let gathering = Gathering(self);
-            if !self.gather.is_zero() {
+            if busy {
+                tokio::task::yield_now().await;
+            } else if !self.gather.is_zero() {
                 tokio::time::sleep(self.gather).await;
             }
             // Cleared before the flush: a delivery settling from now on
@@ -303,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_tag_not_above_the_last_starts_a_new_window() {
-        let w = AckWindow::new(Default::default(), DEFAULT_GATHER);
+        let w = AckWindow::new(Default::default(), DEFAULT_GATHER, 8);
         assert!(w.received(1));
         assert!(w.received(2));
         assert!(!w.received(1), "tags restart after a channel recovery");

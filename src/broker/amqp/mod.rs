@@ -372,7 +372,11 @@ impl Broker for AmqpBroker {
             channel,
             consumer,
             queue: names::queue(agent),
-            window: Arc::new(AckWindow::new(inner.acks.clone(), inner.config.ack_gather)),
+            window: Arc::new(AckWindow::new(
+                inner.acks.clone(),
+                inner.config.ack_gather,
+                inner.config.prefetch,
+            )),
         }))
     }
 
@@ -417,7 +421,12 @@ impl Broker for AmqpBroker {
             channel,
             consumer,
             queue: name.clone(),
-            window: Arc::new(AckWindow::new(inner.acks.clone(), inner.config.ack_gather)),
+            window: Arc::new(AckWindow::new(
+                inner.acks.clone(),
+                inner.config.ack_gather,
+                // No qos on this channel: unlimited.
+                0,
+            )),
         };
         Ok((name, Box::new(consumer)))
     }
