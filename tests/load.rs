@@ -14,7 +14,7 @@ use common::*;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use warren::broker::amqp::{AmqpBroker, AmqpConfig};
+use warren::broker::amqp::{AmqpBroker, AmqpConfig, DEFAULT_PREFETCH};
 use warren::dispatch::DispatchConfig;
 use warren::names;
 use warren::runtime::InstanceMode;
@@ -145,16 +145,17 @@ async fn batched_acks_never_pass_a_delivery_still_being_handled() {
     t.host.shutdown().await;
 }
 
-/// At a trickle each delivery comes alone, yet their acks share frames: the
-/// first to settle gathers the others (`ack_gather`) before the batch goes
-/// out. Only the ack waits: every reply arrives, each once, and nothing is
-/// left unacked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickle_of_deliveries_is_acked_in_shared_frames() {
-    let vh = Vhost::new();
-    // A long gather, so that even a slow machine handles the trickle within it.
+/// A host with the echo agent on one consumer channel, its acks gathering
+/// for `gather`, with this window.
+async fn one_echo_consumer(
+    vh: &Vhost,
+    gather: Duration,
+    prefetch: u16,
+    in_flight: usize,
+) -> (AmqpBroker, TestHost) {
     let amqp = AmqpBroker::connect(AmqpConfig {
-        ack_gather: Duration::from_secs(2),
+        ack_gather: gather,
+        prefetch,
         ..AmqpConfig::new(vh.url())
     })
     .await
@@ -165,8 +166,27 @@ async fn a_trickle_of_deliveries_is_acked_in_shared_frames() {
         runtime_config(InstanceMode::Reuse),
         DispatchConfig {
             consumers_per_agent: 1,
+            in_flight_per_consumer: in_flight,
             ..fast_dispatch()
         },
+    )
+    .await;
+    (amqp, t)
+}
+
+/// At a trickle each delivery comes alone, yet their acks share frames: the
+/// first to settle gathers the others (`ack_gather`) before the batch goes
+/// out. Only the ack waits: every reply arrives, each once, and nothing is
+/// left unacked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_of_deliveries_is_acked_in_shared_frames() {
+    let vh = Vhost::new();
+    // A long gather, so that even a slow machine handles the trickle within it.
+    let (amqp, t) = one_echo_consumer(
+        &vh,
+        Duration::from_secs(2),
+        DEFAULT_PREFETCH,
+        fast_dispatch().in_flight_per_consumer,
     )
     .await;
     let (_conn, ch) = vh.plain_client().await;
@@ -196,38 +216,35 @@ async fn a_trickle_of_deliveries_is_acked_in_shared_frames() {
     t.host.shutdown().await;
 }
 
-/// A backlog keeps the channel's window full, and then the first delivery
-/// to settle does not gather: with a gather of 15 s the backlog drains
-/// within 12 s (each batch waiting out the gather, 200 messages through a
-/// prefetch of 8 would take 25 batches × 15 s). The tail, once the window
-/// is no longer full, gathers as usual: shutdown waits for those acks.
+/// A backlog keeps the channel's window busy, and then acks do not wait for
+/// the gather. The first message comes alone, so its ack starts a gather of
+/// 15 s while the window is nearly empty; the backlog that follows makes the
+/// window busy, which ends that gather: all 200 replies arrive within 12 s
+/// of the backlog (had the gather run its course, the window's first 8
+/// deliveries would hold the channel for 15 s, and each batch begun low
+/// after them again). The tail, once the window is no longer busy, gathers
+/// as usual: shutdown waits for those acks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_channel_acks_without_waiting_for_the_gather() {
     let vh = Vhost::new();
-    let amqp = AmqpBroker::connect(AmqpConfig {
-        ack_gather: Duration::from_secs(15),
-        prefetch: 8,
-        ..AmqpConfig::new(vh.url())
-    })
-    .await
-    .unwrap();
-    let t = start_on(
-        Arc::new(amqp.clone()),
-        plugins_dir(&["echo"]),
-        runtime_config(InstanceMode::Reuse),
-        DispatchConfig {
-            consumers_per_agent: 1,
-            in_flight_per_consumer: 8,
-            ..fast_dispatch()
-        },
-    )
-    .await;
+    let (amqp, t) = one_echo_consumer(&vh, Duration::from_secs(15), 8, 8).await;
     let (_conn, ch) = vh.plain_client().await;
     Vhost::declare_queue(&ch, "busy_out").await;
-    let ids = publish_many(&ch, "echo", 200, "busy_out", "busy").await;
-    let seen = collect_replies(&ch, "busy_out", ids.len(), Duration::from_secs(12)).await;
-    assert_eq!(seen.len(), ids.len(), "the acks waited for the gather");
+    let body = br#"{"messages":[{"role":"user","content":"busy"}]}"#;
+    let mut confirms = vec![publish_one(&ch, "echo", "busy-0", "busy_out", body).await];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Confirms are awaited at the end: RabbitMQ may confirm a message its
+    // consumer holds only once it is acked.
+    for i in 1..200 {
+        let id = format!("busy-{i}");
+        confirms.push(publish_one(&ch, "echo", &id, "busy_out", body).await);
+    }
+    let seen = collect_replies(&ch, "busy_out", 200, Duration::from_secs(12)).await;
+    assert_eq!(seen.len(), 200, "the acks waited for the gather");
     assert!(seen.values().all(|&n| n == 1), "answered twice: {seen:?}");
+    for c in futures::future::join_all(confirms).await {
+        assert!(c.unwrap().is_ack());
+    }
     t.host.shutdown().await;
     let (acked, _) = amqp.ack_counts();
     assert_eq!(acked, 200);

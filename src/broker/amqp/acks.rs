@@ -24,7 +24,11 @@
 //! deliveries wait on these acks (the window is what the rate is made of:
 //! gathering there cost 2–5% of throughput at the defaults, BENCHMARKS.md).
 //! Then the first to settle only lets the others woken with it settle (one
-//! yield) before it sends the run.
+//! yield) before it sends the run, and a gather under way ends as soon as
+//! the window becomes busy (deliveries arriving or settling while it waits):
+//! otherwise one begun when the window was briefly low would hold a full
+//! window's acks, and with them the channel's next deliveries, for the
+//! whole gather.
 //!
 //! What keeps it safe:
 //! - A batch never passes a delivery that is not settled by an ack: one still
@@ -49,7 +53,7 @@ use std::time::Duration;
 
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 /// How long a settled delivery waits for the deliveries before it to settle
 /// (so it can join their batch) before it is acked alone (after the gather).
@@ -94,6 +98,10 @@ pub(super) struct AckWindow {
     /// From this many outstanding deliveries on, the channel is busy: no
     /// gather (see the module docs).
     busy: usize,
+    /// Ends the gather under way: the window became busy. A wake-up with
+    /// nobody gathering is kept and ends the next gather early, which costs
+    /// a frame at most.
+    busy_now: Notify,
 }
 
 #[derive(Default)]
@@ -153,6 +161,7 @@ impl AckWindow {
             counts,
             gather,
             busy,
+            busy_now: Notify::new(),
         }
     }
 
@@ -163,6 +172,7 @@ impl AckWindow {
             counts: self.counts.clone(),
             gather: self.gather,
             busy: self.busy,
+            busy_now: Notify::new(),
         }
     }
 
@@ -175,6 +185,7 @@ impl AckWindow {
         }
         state.last_tag = tag;
         state.outstanding.insert(tag, Slot::Handling);
+        self.wake_if_busy(&state);
         true
     }
 
@@ -193,6 +204,9 @@ impl AckWindow {
                     // settling while it gathers are sent with it.
                     // Without a gather every delivery sends what it can.
                     let lead = self.gather.is_zero() || !state.gathering;
+                    if !lead {
+                        self.wake_if_busy(&state);
+                    }
                     state.gathering = true;
                     (None, lead, busy)
                 }
@@ -210,7 +224,10 @@ impl AckWindow {
             if busy {
                 tokio::task::yield_now().await;
             } else if !self.gather.is_zero() {
-                tokio::time::sleep(self.gather).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(self.gather) => {}
+                    _ = self.busy_now.notified() => {}
+                }
             }
             // Cleared before the flush: a delivery settling from now on
             // leads a batch of its own instead of being left behind.
@@ -246,6 +263,13 @@ impl AckWindow {
                 r
             }
             None => result.await.unwrap_or_else(|_| Err(DROPPED.into())),
+        }
+    }
+
+    /// Ends the gather under way if the window is busy now.
+    fn wake_if_busy(&self, state: &State) {
+        if state.gathering && state.outstanding.len() >= self.busy {
+            self.busy_now.notify_one();
         }
     }
 
