@@ -156,22 +156,20 @@ impl AckWindow {
             0 => usize::MAX,
             p => usize::from(p).div_ceil(2),
         };
+        Self::empty(counts, gather, busy)
+    }
+
+    /// An empty window for the same channel's next incarnation.
+    pub(super) fn renewed(&self) -> Self {
+        Self::empty(self.counts.clone(), self.gather, self.busy)
+    }
+
+    fn empty(counts: Arc<AckCounts>, gather: Duration, busy: usize) -> Self {
         AckWindow {
             state: Mutex::default(),
             counts,
             gather,
             busy,
-            busy_now: Notify::new(),
-        }
-    }
-
-    /// An empty window for the same channel's next incarnation.
-    pub(super) fn renewed(&self) -> Self {
-        AckWindow {
-            state: Mutex::default(),
-            counts: self.counts.clone(),
-            gather: self.gather,
-            busy: self.busy,
             busy_now: Notify::new(),
         }
     }
