@@ -26,6 +26,10 @@ pub struct Bench {
     /// Alternating warren/raw rounds (default 3).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Offered rates of the latency table, msg/s (repeatable or
+    /// comma-separated; default 1000, 2000, 5000).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    rate: Vec<u32>,
     /// Skip the RabbitMQ tables.
     #[arg(long)]
     no_rabbitmq: bool,
@@ -52,6 +56,9 @@ pub async fn run(c: Bench) -> Result<()> {
     }
     config.messages = c.messages.unwrap_or(config.messages);
     config.rounds = c.rounds.unwrap_or(config.rounds);
+    if !c.rate.is_empty() {
+        config.rates = c.rate;
+    }
     config.skip_rabbitmq = c.no_rabbitmq;
     config.only = c.only;
     config.trace_hops = c.trace_hops;
