@@ -116,7 +116,7 @@ pub fn derive_id(id: &str, index: usize) -> String {
     let digest = Sha256::new()
         .chain_update(id.as_bytes())
         .chain_update(b"/")
-        .chain_update(index.to_string().as_bytes())
+        .chain_update(itoa::Buffer::new().format(index).as_bytes())
         .finalize();
     // "m-" and the digest's first 12 bytes in hex (ids must not change
     // between versions: a redelivery handled by a newer host yields the

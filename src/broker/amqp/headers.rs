@@ -18,6 +18,7 @@
 //! bounded, since all headers must fit one frame (RabbitMQ: 128 KiB) or the
 //! broker closes the whole connection.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -63,11 +64,10 @@ fn stamp(env: &Envelope) -> Option<(Option<ShortString>, ShortString)> {
     if env.sender.is_none() && env.hops == 0 && version.is_none() {
         return None;
     }
-    let kind = format!(
-        "{TYPE_PREFIX}{}/{}",
-        env.hops,
-        version.map(String::as_str).unwrap_or("")
-    );
+    let version = version.map(String::as_str).unwrap_or("");
+    // Sized once: `format!` grew it (and copied) twice on every output.
+    let mut kind = String::with_capacity(TYPE_PREFIX.len() + 11 + version.len());
+    let _ = write!(kind, "{TYPE_PREFIX}{}/{version}", env.hops);
     let fits = |s: &str| s.len() <= MAX_SHORT_STRING;
     if !fits(&kind) || !env.sender.as_deref().is_none_or(fits) {
         return None;

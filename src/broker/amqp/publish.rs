@@ -267,8 +267,11 @@ impl Inner {
         extra: Extra<'_>,
     ) -> Result<()> {
         let (exchange, routing_key) = match route {
-            Route::Agent(a) => (self.config.exchange.as_str(), names::routing_key(a)),
-            Route::Queue(q) => ("", q.clone()),
+            Route::Agent(a) => (
+                self.config.exchange.as_str(),
+                std::borrow::Cow::Owned(names::routing_key(a)),
+            ),
+            Route::Queue(q) => ("", std::borrow::Cow::Borrowed(q.as_str())),
         };
         self.publish(
             exchange,
