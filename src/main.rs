@@ -8,13 +8,12 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> std::process::ExitCode {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // A flag on the process, not the thread: the runtime's threads,
+    // already started, are covered too.
     no_huge_pages();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("starting the async runtime");
-    runtime.block_on(cli::main())
+    cli::main().await
 }
 
 /// Turns transparent huge pages off for this process. mimalloc asks for
