@@ -5,7 +5,9 @@
 //! reloads `NAME.wasm` with the new limits. Hidden files, editor backups and
 //! anything not `.wasm`/`.toml` are ignored; a half-written file fails the
 //! component check and leaves the running version serving until the write
-//! completes (its final event triggers another load).
+//! completes (its final event triggers another load). A file that changed
+//! while it was read is reported as being written, not as broken; one that
+//! did not is an error.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -116,12 +118,32 @@ fn plugin_for(path: &Path) -> Option<PathBuf> {
 async fn reconcile(host: &Arc<Host>, plugin: &Path) {
     if is_plugin_file(plugin) {
         debug!(file = %plugin.display(), "plugin file changed");
+        let before = stamp(plugin);
         if let Err(e) = host.load_plugin(plugin).await {
-            error!("{e:#}");
+            if stamp(plugin) == before {
+                error!("{e:#}");
+            } else {
+                // A writer started on the file as it was read (a copy made in
+                // place, or a script writing it again): what was refused is
+                // a half-written file, and the write's own events bring the
+                // finished one here next; a file that stays broken is then
+                // reported as an error.
+                warn!(
+                    file = %plugin.display(),
+                    "the file changed while it was loaded ({e:#}); loading it again once the write settles"
+                );
+            }
         }
     } else if !plugin.exists() {
         host.remove_plugin(plugin).await;
     }
+}
+
+/// What tells one write of a file from the next: its size and modification
+/// time (`None` when it cannot be read).
+fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }
 
 #[cfg(test)]

@@ -260,8 +260,8 @@ impl TraceLog {
         // Room for about 1 KB per hop (most hops are smaller; larger ones
         // make the ring keep fewer): the buffers stay as small as the hops
         // asked for, and warm.
-        // A shard holds at least 2 MB: one hop's record may carry many
-        // bodies of up to KEPT_BODY_BYTES each.
+        // A shard holds at least 64 KiB: one hop's record may carry
+        // several bodies of up to KEPT_BODY_BYTES each.
         let bytes = (capacity.saturating_mul(1024) / SHARDS)
             .max(64 << 10)
             .min(BYTE_BUDGET / SHARDS);

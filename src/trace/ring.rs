@@ -18,7 +18,11 @@ struct Entry {
 }
 
 pub(super) struct ByteRing {
-    /// Grown as records arrive, up to `limit`: an idle host holds little.
+    /// Reserved whole at the start, so it never moves: growing it on
+    /// demand copied up to `limit` bytes under the shard's lock on the
+    /// message path, and a fresh host did so every few hundred messages.
+    /// The reservation is address space: its pages are touched as records
+    /// arrive, so an idle host still holds little.
     buf: Vec<u8>,
     limit: usize,
     entries: VecDeque<Entry>,
@@ -31,9 +35,9 @@ pub(super) struct ByteRing {
 impl ByteRing {
     pub(super) fn new(limit: usize, capacity: usize) -> Self {
         ByteRing {
-            buf: Vec::new(),
+            buf: Vec::with_capacity(limit),
             limit,
-            entries: VecDeque::new(),
+            entries: VecDeque::with_capacity(capacity.min(1 << 16)),
             write: 0,
             capacity,
         }
