@@ -5,9 +5,9 @@
 //! reloads `NAME.wasm` with the new limits. Hidden files, editor backups and
 //! anything not `.wasm`/`.toml` are ignored; a half-written file fails the
 //! component check and leaves the running version serving until the write
-//! completes (its final event triggers another load). A file that changed
-//! while it was read is reported as being written, not as broken; one that
-//! did not is an error.
+//! completes (its final event triggers another load). A file that was
+//! being written as it was read is reported as such, not as broken; one
+//! that stays as it was is an error.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 use notify::EventKind;
 use notify::event::{AccessKind, AccessMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::host::Host;
 use crate::registry::is_plugin_file;
@@ -120,23 +120,42 @@ async fn reconcile(host: &Arc<Host>, plugin: &Path) {
         debug!(file = %plugin.display(), "plugin file changed");
         let before = stamp(plugin);
         if let Err(e) = host.load_plugin(plugin).await {
-            if stamp(plugin) == before {
-                error!("{e:#}");
-            } else {
-                // A writer started on the file as it was read (a copy made in
-                // place, or a script writing it again): what was refused is
-                // a half-written file, and the write's own events bring the
-                // finished one here next; a file that stays broken is then
-                // reported as an error.
-                warn!(
+            if still_written(plugin, before).await {
+                // A writer was at the file as it was read (a copy made in
+                // place, a script writing it again): what was refused is a
+                // half-written file, and the write's own events bring the
+                // finished one here next. A file that stays broken is
+                // reported as an error then.
+                info!(
                     file = %plugin.display(),
-                    "the file changed while it was loaded ({e:#}); loading it again once the write settles"
+                    "the file was being written as it was loaded ({e:#}); it is loaded again once the write settles"
                 );
+            } else {
+                error!("{e:#}");
             }
         }
     } else if !plugin.exists() {
         host.remove_plugin(plugin).await;
     }
+}
+
+/// Whether a file that failed to load was being written: it changed since
+/// `before` (taken just ahead of the load), or it changed within the last
+/// [`DEBOUNCE`] and changes again in the next one (a writer that truncated
+/// it and has not yet written it all).
+async fn still_written(path: &Path, before: Option<(u64, std::time::SystemTime)>) -> bool {
+    let after = stamp(path);
+    if after != before {
+        return true;
+    }
+    let recent = after
+        .and_then(|(_, modified)| modified.elapsed().ok())
+        .is_some_and(|age| age < DEBOUNCE);
+    if !recent {
+        return false;
+    }
+    tokio::time::sleep(DEBOUNCE).await;
+    stamp(path) != after
 }
 
 /// What tells one write of a file from the next: its size and modification
@@ -149,6 +168,45 @@ fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_file_is_being_written_only_if_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("echo.wasm");
+        std::fs::write(&path, b"").unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let settled = stamp(&path);
+        assert!(
+            !still_written(&path, settled).await,
+            "an old file that did not change is as it stays"
+        );
+        std::fs::write(&path, b"\0asm").unwrap();
+        assert!(
+            still_written(&path, settled).await,
+            "changed since the load began"
+        );
+        // Truncated just now, by a writer that finishes within the quiet time.
+        std::fs::write(&path, b"").unwrap();
+        let truncated = stamp(&path);
+        let writer = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(DEBOUNCE / 4).await;
+                std::fs::write(&path, b"\0asm\r\0\x01\0").unwrap();
+            })
+        };
+        assert!(still_written(&path, truncated).await);
+        writer.await.unwrap();
+        // Written just now and left as it is: broken, not being written.
+        std::fs::write(&path, b"").unwrap();
+        assert!(!still_written(&path, stamp(&path)).await);
+    }
 
     #[test]
     fn only_plugins_and_their_manifests_count() {
