@@ -26,6 +26,10 @@ use crate::registry::is_plugin_file;
 /// Quiet time after a file's last event before it is looked at.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
 
+/// A file that failed to load and changed this recently is watched for one
+/// more quiet time before it is called broken.
+const RECENT: Duration = Duration::from_secs(1);
+
 /// Keeps the folder watched; dropping it stops watching.
 pub struct PluginWatcher {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
@@ -141,8 +145,9 @@ async fn reconcile(host: &Arc<Host>, plugin: &Path) {
 
 /// Whether a file that failed to load was being written: it changed since
 /// `before` (taken just ahead of the load), or it changed within the last
-/// [`DEBOUNCE`] and changes again in the next one (a writer that truncated
-/// it and has not yet written it all).
+/// [`RECENT`] and changes again within [`DEBOUNCE`] (a writer that truncated
+/// it and has not yet written it all: on a loaded machine the quiet time can
+/// pass between the two).
 async fn still_written(path: &Path, before: Option<(u64, std::time::SystemTime)>) -> bool {
     let after = stamp(path);
     if after != before {
@@ -150,7 +155,7 @@ async fn still_written(path: &Path, before: Option<(u64, std::time::SystemTime)>
     }
     let recent = after
         .and_then(|(_, modified)| modified.elapsed().ok())
-        .is_some_and(|age| age < DEBOUNCE);
+        .is_some_and(|age| age < RECENT);
     if !recent {
         return false;
     }
