@@ -45,14 +45,23 @@
 //! - A recovered channel counts tags from 1 again: the consumer starts a new
 //!   window when a tag is not above the last one (lapin poisons the old
 //!   window's ackers, so their acks report the loss as before).
+//!
+//! Acks go straight onto the channel ([`Channel::basic_ack`]), not through
+//! the delivery's [`Acker`]: lapin sends an `Acker`'s ack to its internal
+//! RPC task, which spawns a task of its own to put the frame on the channel
+//! and resolves the ack's promise from there; two more task wake-ups, a
+//! spawn and a cross-thread hand-off per frame, 7k of the 141k instructions
+//! per relayed message (callgrind, BENCHMARKS.md). The acker still decides
+//! whether the ack may be sent: one from a lost channel incarnation
+//! (poisoned) or one lapin invalidated is not, as lapin's own path decides.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{Acker, Channel};
 use tokio::sync::{Notify, oneshot};
 
 /// How long a settled delivery waits for the deliveries before it to settle
@@ -91,6 +100,9 @@ impl AckCounts {
 /// The outstanding deliveries of one consumer channel (one incarnation of
 /// it: see the module docs).
 pub(super) struct AckWindow {
+    /// The channel the deliveries came on (the same object across its
+    /// recoveries; each incarnation has a window of its own).
+    channel: Channel,
     state: Mutex<State>,
     counts: Arc<AckCounts>,
     /// See [`DEFAULT_GATHER`].
@@ -114,6 +126,18 @@ struct State {
     flushing: bool,
     /// A settled delivery is gathering others before it sends the front run.
     gathering: bool,
+}
+
+impl State {
+    /// See [`AckWindow::received`].
+    fn receive(&mut self, tag: u64) -> bool {
+        if tag <= self.last_tag {
+            return false;
+        }
+        self.last_tag = tag;
+        self.outstanding.insert(tag, Slot::Handling);
+        true
+    }
 }
 
 enum Slot {
@@ -151,21 +175,32 @@ impl Drop for Gathering<'_> {
 impl AckWindow {
     /// A window for a channel with this `prefetch` (0: unlimited, which is
     /// never busy).
-    pub(super) fn new(counts: Arc<AckCounts>, gather: Duration, prefetch: u16) -> Self {
+    pub(super) fn new(
+        channel: Channel,
+        counts: Arc<AckCounts>,
+        gather: Duration,
+        prefetch: u16,
+    ) -> Self {
         let busy = match prefetch {
             0 => usize::MAX,
             p => usize::from(p).div_ceil(2),
         };
-        Self::empty(counts, gather, busy)
+        Self::empty(channel, counts, gather, busy)
     }
 
     /// An empty window for the same channel's next incarnation.
     pub(super) fn renewed(&self) -> Self {
-        Self::empty(self.counts.clone(), self.gather, self.busy)
+        Self::empty(
+            self.channel.clone(),
+            self.counts.clone(),
+            self.gather,
+            self.busy,
+        )
     }
 
-    fn empty(counts: Arc<AckCounts>, gather: Duration, busy: usize) -> Self {
+    fn empty(channel: Channel, counts: Arc<AckCounts>, gather: Duration, busy: usize) -> Self {
         AckWindow {
+            channel,
             state: Mutex::default(),
             counts,
             gather,
@@ -178,11 +213,9 @@ impl AckWindow {
     /// (the channel was recovered: the caller starts a new window).
     pub(super) fn received(&self, tag: u64) -> bool {
         let mut state = self.state.lock().unwrap();
-        if tag <= state.last_tag {
+        if !state.receive(tag) {
             return false;
         }
-        state.last_tag = tag;
-        state.outstanding.insert(tag, Slot::Handling);
         self.wake_if_busy(&state);
         true
     }
@@ -214,8 +247,7 @@ impl AckWindow {
             }
         };
         if let Some(acker) = alone {
-            self.counts.sent(1);
-            return sent(acker.ack(BasicAckOptions::default()).await);
+            return self.send_ack(&acker, tag, 1).await;
         }
         if lead {
             let gathering = Gathering(self);
@@ -255,8 +287,7 @@ impl AckWindow {
         };
         match acker {
             Some(acker) => {
-                self.counts.sent(1);
-                let r = sent(acker.ack(BasicAckOptions::default()).await);
+                let r = self.send_ack(&acker, tag, 1).await;
                 self.sent_alone(tag).await;
                 r
             }
@@ -319,24 +350,41 @@ impl AckWindow {
                 state.flushing = true;
                 run.into_iter()
                     .filter_map(|tag| match state.outstanding.remove(&tag) {
-                        Some(Slot::Settled { acker, done }) => Some((acker, done)),
+                        Some(Slot::Settled { acker, done }) => Some((tag, acker, done)),
                         _ => None,
                     })
                     .collect::<Vec<_>>()
             };
             let _flushing = Flushing(self);
-            let Some((top, _)) = batch.last() else {
+            let Some((top, acker, _)) = batch.last() else {
                 continue;
             };
-            let options = BasicAckOptions {
-                multiple: batch.len() > 1,
-            };
-            self.counts.sent(batch.len());
-            let r = sent(top.ack(options).await);
-            for (_, done) in batch {
+            let r = self.send_ack(acker, *top, batch.len()).await;
+            for (_, _, done) in batch {
                 // Its waiter may be gone (a dropped task): nothing to tell.
                 let _ = done.send(r.clone());
             }
+        }
+    }
+}
+
+impl AckWindow {
+    /// Acks `deliveries` deliveries up to and including `tag` (one frame,
+    /// `multiple` when more than one) on the channel; `acker` is `tag`'s.
+    /// Answers as `Acker::ack` would: `Ok(false)` when the delivery's
+    /// channel incarnation was lost (before the frame, or while sending it).
+    async fn send_ack(&self, acker: &Acker, tag: u64, deliveries: usize) -> Sent {
+        if !acker.usable() {
+            return Ok(false);
+        }
+        self.counts.sent(deliveries);
+        let options = BasicAckOptions {
+            multiple: deliveries > 1,
+        };
+        match self.channel.basic_ack(tag, options).await {
+            Ok(()) => Ok(true),
+            Err(_) if acker.poisoned() => Ok(false),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -351,11 +399,11 @@ mod tests {
 
     #[test]
     fn a_tag_not_above_the_last_starts_a_new_window() {
-        let w = AckWindow::new(Default::default(), DEFAULT_GATHER, 8);
-        assert!(w.received(1));
-        assert!(w.received(2));
-        assert!(!w.received(1), "tags restart after a channel recovery");
-        assert!(!w.received(2));
-        assert!(w.received(3));
+        let mut w = State::default();
+        assert!(w.receive(1));
+        assert!(w.receive(2));
+        assert!(!w.receive(1), "tags restart after a channel recovery");
+        assert!(!w.receive(2));
+        assert!(w.receive(3));
     }
 }

@@ -369,14 +369,15 @@ impl Broker for AmqpBroker {
         Ok(Box::new(AmqpConsumer {
             inner: self.inner.clone(),
             agent: Some(agent.into()),
-            channel,
-            consumer,
-            queue: names::queue(agent),
             window: Arc::new(AckWindow::new(
+                channel.clone(),
                 inner.acks.clone(),
                 inner.config.ack_gather,
                 inner.config.prefetch,
             )),
+            channel,
+            consumer,
+            queue: names::queue(agent),
         }))
     }
 
@@ -418,15 +419,16 @@ impl Broker for AmqpBroker {
         let consumer = AmqpConsumer {
             inner: self.inner.clone(),
             agent: None,
-            channel,
-            consumer,
-            queue: name.clone(),
             window: Arc::new(AckWindow::new(
+                channel.clone(),
                 inner.acks.clone(),
                 inner.config.ack_gather,
                 // No qos on this channel: unlimited.
                 0,
             )),
+            channel,
+            consumer,
+            queue: name.clone(),
         };
         Ok((name, Box::new(consumer)))
     }
