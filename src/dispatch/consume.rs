@@ -35,19 +35,25 @@ impl Dispatcher {
         // deliveries taken and not yet acked.
         let slots = Arc::new(Semaphore::new(self.config.in_flight_per_consumer.max(1)));
         let mut in_flight = FuturesUnordered::new();
-        loop {
+        'consume: loop {
+            // Kept while handlings end around it: made anew each time, it
+            // would box another `next` future and take a slot again.
             let next = async {
                 let slot = slots.clone().acquire_owned().await;
                 (slot, consumer.next().await)
             };
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                d = next => match d {
-                    (Ok(slot), Some(d)) => in_flight.push(self.handle(&agent, &metrics, d, slot)),
-                    _ => break,
-                },
+            tokio::pin!(next);
+            let taken = loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break 'consume,
+                    Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                    taken = &mut next => break taken,
+                }
+            };
+            match taken {
+                (Ok(slot), Some(d)) => in_flight.push(self.handle(&agent, &metrics, d, slot)),
+                _ => break,
             }
         }
         // Stop taking deliveries, but finish (publish and settle) what was taken.

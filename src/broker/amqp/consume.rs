@@ -16,7 +16,7 @@
 //!   was lost mid-call): it waits for the first one's outcome.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,33 +69,58 @@ fn delivery_key(props: &lapin::BasicProperties, body: &[u8]) -> String {
 /// lost mid-call) to wait for that one's outcome.
 ///
 /// Every delivery passes through here and almost none is ever waited for,
-/// so a delivery costs one hash in a set, and an ending one wakes waiters
-/// only when there are any. Keys are kept as 64-bit hashes: two keys
-/// colliding would only make such a redelivery wait for an unrelated
-/// delivery, up to the recovery timeout.
+/// so a delivery costs one hash of its key (kept by the delivery for its
+/// end), and an ending one wakes waiters only when there are any. Keys are
+/// kept as 64-bit hashes, and the set uses them as they are (hashing a
+/// random hash again buys nothing): two keys colliding would only make
+/// such a redelivery wait for an unrelated delivery, up to the recovery
+/// timeout.
 #[derive(Default)]
 pub(super) struct InFlight {
-    keys: Mutex<HashSet<u64>>,
+    keys: Mutex<HashSet<u64, BuildHasherDefault<Prehashed>>>,
     hasher: RandomState,
     /// Signalled when a delivery ends while `waiting` > 0.
     ended: Notify,
     waiting: AtomicUsize,
 }
 
+/// The hasher of a set of hashes: each is its own hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s are hashed here; anything else still spreads.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 impl InFlight {
+    /// The hash a delivery's key is registered under.
     fn hash(&self, key: &str) -> u64 {
         self.hasher.hash_one(key)
     }
 
-    /// Registers a delivery as being handled; `false` when a delivery with
-    /// the same key already is (this one is a redelivery of it).
-    fn start(&self, key: &str) -> bool {
-        self.keys.lock().unwrap().insert(self.hash(key))
+    /// Registers a delivery (by its key's [`InFlight::hash`]) as being
+    /// handled; `false` when a delivery with the same key already is (this
+    /// one is a redelivery of it).
+    fn start(&self, hash: u64) -> bool {
+        self.keys.lock().unwrap().insert(hash)
     }
 
     /// A delivery registered by [`InFlight::start`] was settled or dropped.
-    fn end(&self, key: &str) {
-        self.keys.lock().unwrap().remove(&self.hash(key));
+    fn end(&self, hash: u64) {
+        self.keys.lock().unwrap().remove(&hash);
         // After the removal: a waiter counted before it rechecks the set
         // after counting itself, so it sees the removal or is woken.
         if self.waiting.load(Ordering::SeqCst) > 0 {
@@ -105,8 +130,7 @@ impl InFlight {
 
     /// Waits until no delivery with this key is being handled, at most
     /// `timeout`.
-    async fn wait_ended(&self, key: &str, timeout: Duration) {
-        let hash = self.hash(key);
+    async fn wait_ended(&self, hash: u64, timeout: Duration) {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let wait = async {
             loop {
@@ -189,7 +213,8 @@ impl Consumer for AmqpConsumer {
                         self.window.received(tag);
                     }
                     let (env, _) = envelope(&d.properties, d.data);
-                    let first = self.inner.in_flight.start(&key);
+                    let key_hash = self.inner.in_flight.hash(&key);
+                    let first = self.inner.in_flight.start(key_hash);
                     let acker = AmqpAcker {
                         inner: self.inner.clone(),
                         agent: self.agent.clone(),
@@ -197,6 +222,7 @@ impl Consumer for AmqpConsumer {
                         window: self.window.clone(),
                         tag,
                         key,
+                        key_hash,
                         redelivered: d.redelivered,
                         first,
                     };
@@ -264,6 +290,8 @@ struct AmqpAcker {
     tag: u64,
     /// See [`delivery_key`].
     key: String,
+    /// The key's hash in `Inner::in_flight`.
+    key_hash: u64,
     redelivered: bool,
     /// Registered in `Inner::in_flight` (ended when this is settled or
     /// dropped); `false` when another delivery of the same message was
@@ -274,7 +302,7 @@ struct AmqpAcker {
 impl Drop for AmqpAcker {
     fn drop(&mut self) {
         if self.first {
-            self.inner.in_flight.end(&self.key);
+            self.inner.in_flight.end(self.key_hash);
         }
     }
 }
@@ -394,7 +422,10 @@ impl Acker for AmqpAcker {
             // The first delivery of this message is still being handled
             // here (its channel was lost meanwhile): wait for its outcome.
             let timeout = self.inner.config.recovery_timeout;
-            self.inner.in_flight.wait_ended(&self.key, timeout).await;
+            self.inner
+                .in_flight
+                .wait_ended(self.key_hash, timeout)
+                .await;
         }
         self.inner.already_settled(&self.key, envelope.attempt)
     }
@@ -421,39 +452,42 @@ mod tests {
     #[test]
     fn a_second_delivery_of_a_key_being_handled_is_not_the_first() {
         let f = InFlight::default();
-        assert!(f.start("m1"));
-        assert!(!f.start("m1"), "a redelivery while the first is handled");
-        assert!(f.start("m2"));
-        f.end("m1");
-        assert!(f.start("m1"), "handled again once the first ended");
+        assert!(f.start(f.hash("m1")));
+        assert!(
+            !f.start(f.hash("m1")),
+            "a redelivery while the first is handled"
+        );
+        assert!(f.start(f.hash("m2")));
+        f.end(f.hash("m1"));
+        assert!(f.start(f.hash("m1")), "handled again once the first ended");
     }
 
     #[tokio::test]
     async fn a_redelivery_waits_for_the_first_to_end() {
         let f = Arc::new(InFlight::default());
-        assert!(f.start("m1"));
+        assert!(f.start(f.hash("m1")));
         let waiter = {
             let f = f.clone();
-            tokio::spawn(async move { f.wait_ended("m1", Duration::from_secs(30)).await })
+            tokio::spawn(async move { f.wait_ended(f.hash("m1"), Duration::from_secs(30)).await })
         };
         // The waiter is still waiting while the first is being handled.
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        f.end("m1");
+        f.end(f.hash("m1"));
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("woken when the first ended")
             .unwrap();
         // Nothing in flight under that key: no wait at all.
-        f.wait_ended("m1", Duration::from_secs(30)).await;
+        f.wait_ended(f.hash("m1"), Duration::from_secs(30)).await;
     }
 
     #[tokio::test]
     async fn a_redelivery_waits_no_longer_than_the_timeout() {
         let f = InFlight::default();
-        assert!(f.start("m1"));
+        assert!(f.start(f.hash("m1")));
         let started = tokio::time::Instant::now();
-        f.wait_ended("m1", Duration::from_millis(50)).await;
+        f.wait_ended(f.hash("m1"), Duration::from_millis(50)).await;
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert_eq!(
             f.waiting.load(Ordering::SeqCst),
