@@ -49,9 +49,9 @@
 //! Acks go straight onto the channel ([`Channel::basic_ack`]), not through
 //! the delivery's [`Acker`]: lapin sends an `Acker`'s ack to its internal
 //! RPC task, which spawns a task of its own to put the frame on the channel
-//! and resolves the ack's promise from there; two more task wake-ups, a
-//! spawn and a cross-thread hand-off per frame, 7k of the 141k instructions
-//! per relayed message (callgrind, BENCHMARKS.md). The acker still decides
+//! and resolves the ack's promise from there: a spawned task and two more
+//! task wake-ups per frame, 7k of the 141k instructions per relayed message
+//! (callgrind, BENCHMARKS.md). The acker still decides
 //! whether the ack may be sent: one from a lost channel incarnation
 //! (poisoned) or one lapin invalidated is not, as lapin's own path decides.
 
@@ -329,6 +329,25 @@ impl AckWindow {
         self.flush().await;
     }
 
+    /// Acks `deliveries` deliveries up to and including `tag` (one frame,
+    /// `multiple` when more than one) on the channel; `acker` is `tag`'s.
+    /// Answers as `Acker::ack` would: `Ok(false)` when the delivery's
+    /// channel incarnation was lost (before the frame, or while sending it).
+    async fn send_ack(&self, acker: &Acker, tag: u64, deliveries: usize) -> Sent {
+        if !acker.usable() {
+            return Ok(false);
+        }
+        self.counts.sent(deliveries);
+        let options = BasicAckOptions {
+            multiple: deliveries > 1,
+        };
+        match self.channel.basic_ack(tag, options).await {
+            Ok(()) => Ok(true),
+            Err(_) if acker.poisoned() => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Sends the settled run at the front, one batch after another, unless
     /// a batch is already being sent (its sender goes on with the next).
     async fn flush(&self) {
@@ -364,27 +383,6 @@ impl AckWindow {
                 // Its waiter may be gone (a dropped task): nothing to tell.
                 let _ = done.send(r.clone());
             }
-        }
-    }
-}
-
-impl AckWindow {
-    /// Acks `deliveries` deliveries up to and including `tag` (one frame,
-    /// `multiple` when more than one) on the channel; `acker` is `tag`'s.
-    /// Answers as `Acker::ack` would: `Ok(false)` when the delivery's
-    /// channel incarnation was lost (before the frame, or while sending it).
-    async fn send_ack(&self, acker: &Acker, tag: u64, deliveries: usize) -> Sent {
-        if !acker.usable() {
-            return Ok(false);
-        }
-        self.counts.sent(deliveries);
-        let options = BasicAckOptions {
-            multiple: deliveries > 1,
-        };
-        match self.channel.basic_ack(tag, options).await {
-            Ok(()) => Ok(true),
-            Err(_) if acker.poisoned() => Ok(false),
-            Err(e) => Err(e.to_string()),
         }
     }
 }
