@@ -357,22 +357,22 @@ impl AckWindow {
                 if state.flushing {
                     return;
                 }
-                let run: Vec<u64> = state
-                    .outstanding
-                    .iter()
-                    .take_while(|(_, slot)| matches!(slot, Slot::Settled { .. }))
-                    .map(|(tag, _)| *tag)
-                    .collect();
+                // The settled run at the front, taken off in one pass.
+                let mut run = Vec::new();
+                while let Some(entry) = state.outstanding.first_entry() {
+                    if !matches!(entry.get(), Slot::Settled { .. }) {
+                        break;
+                    }
+                    let (tag, slot) = entry.remove_entry();
+                    if let Slot::Settled { acker, done } = slot {
+                        run.push((tag, acker, done));
+                    }
+                }
                 if run.is_empty() {
                     return;
                 }
                 state.flushing = true;
-                run.into_iter()
-                    .filter_map(|tag| match state.outstanding.remove(&tag) {
-                        Some(Slot::Settled { acker, done }) => Some((tag, acker, done)),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
+                run
             };
             let _flushing = Flushing(self);
             let Some((top, acker, _)) = batch.last() else {

@@ -40,7 +40,9 @@ impl Inner {
         body: &[u8],
         route: &Route,
     ) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.config.recovery_timeout;
+        // Counted from the first failure: a publish that succeeds (nearly
+        // all of them) reads no clock for it.
+        let mut deadline = None;
         loop {
             let attempt = async {
                 channel
@@ -80,7 +82,9 @@ impl Inner {
                 }
                 Err(e) => e,
             };
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.config.recovery_timeout);
+            if now >= deadline {
                 bail!("publishing to {route} failed and the connection did not recover: {error}");
             }
             warn!("publishing to {route} failed ({error}); waiting for the connection to recover");
