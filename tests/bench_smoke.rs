@@ -52,3 +52,40 @@ fn quick_benchmark_prints_every_table() {
     let queues = String::from_utf8_lossy(&out.stdout);
     assert!(!queues.contains("bench_"), "{queues}");
 }
+
+#[test]
+fn the_comparisons_measure_the_settings_given_instead_of_the_defaults() {
+    let vh = Vhost::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .current_dir(root())
+        .env("WARREN_CACHE_DIR", cache_dir())
+        .args([
+            "bench",
+            "--quick",
+            "--only",
+            "latency",
+            "--amqp-url",
+            &vh.url(),
+        ])
+        .args(["--consumers", "1", "--prefetch", "64", "--in-flight", "32"])
+        .args(["--ack-gather", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "warren at 1 consumers × 32 in flight, prefetch 64, acks gathered 0 ms (not its defaults)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| 200 msg/s | warren |"), "{stdout}");
+    assert!(
+        !stdout.contains("### RabbitMQ relay throughput"),
+        "{stdout}"
+    );
+}

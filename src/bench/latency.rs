@@ -13,7 +13,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use super::broker_cpu::{BrokerCpu, own_seconds, thread_seconds};
 use super::local::content;
 use super::relay::{AGENT, Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, declare_warren};
-use super::{BenchConfig, Shape, Table, median, rotation};
+use super::{BenchConfig, Table, median, rotation};
 use crate::wire::Body;
 
 /// How often the swapping latency run replaces the agent's file.
@@ -89,7 +89,7 @@ async fn latency_once(
     }
     let mut swapper = None;
     let relay = if warren {
-        let relay = WarrenRelay::start(config, Shape::defaults(), Mode::Reliable).await?;
+        let relay = WarrenRelay::start(config, config.warren, Mode::Reliable).await?;
         if swapping {
             swapper = Some(Swapper::start(&relay)?);
         }
@@ -299,9 +299,11 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
         let mut t = Table::new(
             &format!(
                 "RabbitMQ end-to-end latency, persistent + confirms ({} s per run, medians of {} \
-                 alternating rounds), ms",
+                 alternating rounds), ms; warren at {}, raw lapin at {}",
                 config.latency_seconds,
-                config.rounds.max(1)
+                config.rounds.max(1),
+                config.warren_label(),
+                config.raw_shapes[0].label()
             ),
             &[
                 "offered rate",

@@ -45,6 +45,12 @@ pub struct BenchConfig {
     /// warren's shapes for the sweep table; the comparison itself runs
     /// warren with its defaults, as a user does.
     pub sweep: Vec<Shape>,
+    /// The shape warren runs with in the comparisons (throughput, latency,
+    /// languages): its defaults unless a user measures their own settings.
+    pub warren: Shape,
+    /// How long warren's first settled delivery waits for others to share
+    /// its ack frame (`warren run --ack-gather`; its default unless set).
+    pub ack_gather: Duration,
     /// Calls per Wasm cost measurement.
     pub calls: usize,
     /// Agent counts for the scale table.
@@ -158,6 +164,8 @@ impl BenchConfig {
                 Shape::new(4, 256, 256),
                 Shape::new(8, 128, 128),
             ],
+            warren: Shape::defaults(),
+            ack_gather: crate::broker::amqp::DEFAULT_ACK_GATHER,
             calls: 20_000,
             trace_hops: crate::trace::DEFAULT_CAPACITY,
             scale: vec![1, 10, 100],
@@ -175,6 +183,20 @@ impl BenchConfig {
         config
     }
 
+    /// How the tables name warren's settings: "its defaults (…)" when they
+    /// are, else the shape and the ack gather measured instead.
+    pub fn warren_label(&self) -> String {
+        let shape = self.warren.label();
+        let gather = self.ack_gather.as_millis();
+        if self.warren == Shape::defaults()
+            && self.ack_gather == crate::broker::amqp::DEFAULT_ACK_GATHER
+        {
+            format!("its defaults ({shape})")
+        } else {
+            format!("{shape}, acks gathered {gather} ms (not its defaults)")
+        }
+    }
+
     /// A smoke run (CI): every code path, tiny numbers.
     pub fn quick(mut self) -> Self {
         self.messages = 300;
@@ -184,7 +206,7 @@ impl BenchConfig {
         self.calls = 200;
         self.scale = vec![1, 3];
         self.raw_shapes.truncate(2);
-        self.sweep = vec![Shape::defaults(), Shape::new(2, 32, 32)];
+        self.sweep = vec![self.warren, Shape::new(2, 32, 32)];
         self
     }
 }

@@ -342,6 +342,7 @@ impl WarrenRelay {
             exchange: EXCHANGE.into(),
             prefetch: shape.prefetch,
             reliable: mode == Mode::Reliable,
+            ack_gather: config.ack_gather,
             ..AmqpConfig::new(config.amqp_url.clone())
         })
         .await?;

@@ -98,8 +98,10 @@ pub async fn languages(config: &BenchConfig) -> Result<Table> {
     with_queues(config, async |admin: &Admin| {
         let mut t = Table::new(
             &format!(
-                "RabbitMQ relay by guest language: {} messages, warren at its defaults, persistent + confirms, median of {} rounds",
-                config.messages, config.rounds
+                "RabbitMQ relay by guest language: {} messages, warren at {}, persistent + confirms, median of {} rounds",
+                config.messages,
+                config.warren_label(),
+                config.rounds
             ),
             &["echo agent in", "msg/s", "/ Rust"],
         );
@@ -112,7 +114,7 @@ pub async fn languages(config: &BenchConfig) -> Result<Table> {
                     let input = admin.fresh_run(true).await?;
                     admin.preload(input, config.messages, Mode::Reliable).await?;
                     broker.quiet().await;
-                    let shape = Shape::defaults();
+                    let shape = config.warren;
                     rates[i].push(warren_drains(config, admin, shape, Mode::Reliable, echo).await?);
                 }
             }
@@ -183,12 +185,12 @@ async fn strongest_raw(config: &BenchConfig, admin: &Admin) -> Result<(Table, Sh
 pub async fn throughput(config: &BenchConfig) -> Result<Vec<Table>> {
     with_queues(config, async |admin: &Admin| {
         let (sweep, raw) = strongest_raw(config, admin).await?;
-        let warren = Shape::defaults();
+        let warren = config.warren;
         let mut t = Table::new(
             &format!(
-                "RabbitMQ relay throughput: {} messages, 256-byte content; warren at its defaults ({}), raw lapin at its fastest ({})",
+                "RabbitMQ relay throughput: {} messages, 256-byte content; warren at {}, raw lapin at its fastest ({})",
                 config.messages,
-                warren.label(),
+                config.warren_label(),
                 raw.label()
             ),
             &[
