@@ -8,23 +8,30 @@ use std::process::Command;
 use common::rabbit::Vhost;
 use common::*;
 
-#[test]
-fn quick_benchmark_prints_every_table() {
-    let vh = Vhost::new();
-    // A host already holds the default HTTP port: the benchmark does not need it.
-    let _taken = std::net::TcpListener::bind("127.0.0.1:9464");
+/// `warren bench --quick` with `args` against `vh`: its output, once it succeeded.
+fn quick_bench(vh: &Vhost, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
         .current_dir(root())
         .env("WARREN_CACHE_DIR", cache_dir())
         .args(["bench", "--quick", "--amqp-url", &vh.url()])
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn quick_benchmark_prints_every_table() {
+    let vh = Vhost::new();
+    // A host already holds the default HTTP port: the benchmark does not need it.
+    let _taken = std::net::TcpListener::bind("127.0.0.1:9464");
+    let stdout = quick_bench(&vh, &[]);
     for title in [
         "### Wasm cost per message",
         "### Embedded broker: agent hops per second",
@@ -56,26 +63,20 @@ fn quick_benchmark_prints_every_table() {
 #[test]
 fn the_comparisons_measure_the_settings_given_instead_of_the_defaults() {
     let vh = Vhost::new();
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .current_dir(root())
-        .env("WARREN_CACHE_DIR", cache_dir())
-        .args([
-            "bench",
-            "--quick",
+    let stdout = quick_bench(
+        &vh,
+        &[
             "--only",
             "latency",
-            "--amqp-url",
-            &vh.url(),
-        ])
-        .args(["--consumers", "1", "--prefetch", "64", "--in-flight", "32"])
-        .args(["--ack-gather", "0"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--consumers",
+            "1",
+            "--prefetch",
+            "64",
+            "--in-flight",
+            "32",
+            "--ack-gather",
+            "0",
+        ],
     );
     assert!(
         stdout.contains(
