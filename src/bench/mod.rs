@@ -3,7 +3,8 @@
 //! Every RabbitMQ figure is a ratio against a raw lapin relay written here
 //! (persistence, confirms, ack after confirm, no Wasm) at the window that
 //! makes it fastest — measured in the same run — while warren runs with
-//! its defaults, as a user runs it; the two alternate over several rounds.
+//! its defaults, as a user runs it (or with the settings a user asks to
+//! measure, `BenchConfig::warren`); the two alternate over several rounds.
 //! The benchmark reports; it asserts nothing.
 //!
 //! - [`relay`] — the relays: warren hosting the echo agent, the raw lapin relay.
@@ -42,8 +43,7 @@ pub struct BenchConfig {
     /// is the raw relay warren is compared with (the first one also runs
     /// the latency table).
     pub raw_shapes: Vec<Shape>,
-    /// warren's shapes for the sweep table; the comparison itself runs
-    /// warren with its defaults, as a user does.
+    /// warren's shapes for the sweep table (the comparisons run `warren`).
     pub sweep: Vec<Shape>,
     /// The shape warren runs with in the comparisons (throughput, latency,
     /// languages): its defaults unless a user measures their own settings.
@@ -187,12 +187,12 @@ impl BenchConfig {
     /// are, else the shape and the ack gather measured instead.
     pub fn warren_label(&self) -> String {
         let shape = self.warren.label();
-        let gather = self.ack_gather.as_millis();
         if self.warren == Shape::defaults()
             && self.ack_gather == crate::broker::amqp::DEFAULT_ACK_GATHER
         {
             format!("its defaults ({shape})")
         } else {
+            let gather = self.ack_gather.as_millis();
             format!("{shape}, acks gathered {gather} ms (not its defaults)")
         }
     }

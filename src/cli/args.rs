@@ -15,7 +15,7 @@ use warren::dispatch::DispatchConfig;
 use warren::runtime::{InstanceMode, RuntimeConfig};
 
 /// A count that must be at least 1 (0 would host agents that do nothing).
-fn at_least_one() -> RangedU64ValueParser<usize> {
+pub(super) fn at_least_one() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::<usize>::new().range(1..)
 }
 

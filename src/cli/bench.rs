@@ -46,15 +46,15 @@ pub struct Bench {
     /// warren's consumers per agent while measured (default: warren's
     /// default). With the three below, the comparisons (throughput,
     /// latency, languages) measure these settings instead of the defaults.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    consumers: Option<u64>,
+    #[arg(long, value_parser = super::args::at_least_one())]
+    consumers: Option<usize>,
     /// warren's prefetch per consumer while measured (default: warren's).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     prefetch: Option<u16>,
     /// warren's deliveries handled at once per consumer while measured
     /// (default: warren's).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    in_flight: Option<u64>,
+    #[arg(long, value_parser = super::args::at_least_one())]
+    in_flight: Option<usize>,
     /// warren's ack gather in milliseconds while measured (default: warren's).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
     ack_gather: Option<u64>,
@@ -68,9 +68,9 @@ pub async fn run(c: Bench) -> Result<()> {
     let mut config = BenchConfig::full(c.amqp_url, c.plugins, exe);
     let defaults = config.warren;
     config.warren = warren::bench::Shape::new(
-        c.consumers.map_or(defaults.consumers, |n| n as usize),
+        c.consumers.unwrap_or(defaults.consumers),
         c.prefetch.unwrap_or(defaults.prefetch),
-        c.in_flight.map_or(defaults.in_flight, |n| n as usize),
+        c.in_flight.unwrap_or(defaults.in_flight),
     );
     if let Some(ms) = c.ack_gather {
         config.ack_gather = std::time::Duration::from_millis(ms);
