@@ -389,6 +389,98 @@ async fn quorum_queues_and_idempotent_redeclaration() {
     t.host.shutdown().await;
 }
 
+/// Declares `name` (durable) with `args` on a channel of its own (a refused
+/// declaration closes its channel); the broker's refusal as text.
+async fn declare_with(
+    conn: &lapin::Connection,
+    name: &str,
+    args: &[(&str, lapin::types::AMQPValue)],
+) -> Result<(), String> {
+    let mut table = FieldTable::default();
+    for (k, v) in args {
+        table.insert((*k).into(), v.clone());
+    }
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        name.into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        table,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// Classic queues are made as version 2; an agent queue that exists as
+/// version 1 (an older warren's) is kept as it is and serves the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queues_are_version_2_and_a_version_1_queue_is_kept() {
+    use lapin::types::AMQPValue::{LongInt, LongString};
+    let vh = Vhost::new();
+    let (conn, _ch) = vh.plain_client().await;
+    let dlx = || {
+        vec![
+            ("x-dead-letter-exchange", LongString("".into())),
+            (
+                "x-dead-letter-routing-key",
+                LongString("agent_echo_queue.dlq".into()),
+            ),
+        ]
+    };
+    let version = |v: i32| ("x-queue-version", LongInt(v));
+    // What an older warren made: its dead-lettering, RabbitMQ's default version (1).
+    let old = dlx();
+    declare_with(&conn, "agent_echo_queue", &old).await.unwrap();
+    common::logs::capture("info");
+    let t = host(&vh, &["echo"], fast_dispatch()).await;
+    let r = client::send(
+        t.broker.as_ref(),
+        "echo",
+        "still served",
+        Default::default(),
+        Some(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.reply.unwrap().text, "still served");
+    // Kept as it was: RabbitMQ still compares against no version argument.
+    declare_with(&conn, "agent_echo_queue", &old).await.unwrap();
+    // A queue another client made as version 1 explicitly is kept too.
+    declare_with(
+        &conn,
+        "agent_other_queue",
+        &[
+            ("x-dead-letter-exchange", LongString("".into())),
+            (
+                "x-dead-letter-routing-key",
+                LongString("agent_other_queue.dlq".into()),
+            ),
+            version(1),
+        ],
+    )
+    .await
+    .unwrap();
+    t.broker.declare_agent("other").await.unwrap();
+    let text = common::logs::text();
+    assert!(
+        text.contains("queue `agent_echo_queue` is a classic queue of another version")
+            && text.contains("queue-version` policy"),
+        "{text}"
+    );
+    // The dead-letter queue warren made itself is version 2.
+    declare_with(&conn, "agent_echo_queue.dlq", &[version(2)])
+        .await
+        .unwrap();
+    let refused = declare_with(&conn, "agent_echo_queue.dlq", &[version(1)])
+        .await
+        .unwrap_err();
+    assert!(refused.contains("x-queue-version"), "{refused}");
+    t.host.shutdown().await;
+}
+
 /// Replies to a reply queue that does not exist are returned by RabbitMQ.
 /// Half of 2,000 answers go to such a queue, interleaved with the other
 /// half, so the broker confirms returned and routed publishes together
