@@ -12,7 +12,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use super::broker_cpu::{BrokerCpu, own_seconds, thread_seconds};
 use super::local::content;
-use super::relay::{AGENT, Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, declare_warren};
+use super::relay::{AGENT, Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, close, declare_warren};
 use super::{BenchConfig, Table, median, rotation};
 use crate::wire::Body;
 
@@ -204,7 +204,7 @@ async fn receive(
         anyhow::Ok((conn, consumer))
     }
     .await;
-    let (_conn, mut consumer) = match consumer {
+    let (conn, mut consumer) = match consumer {
         Ok(c) => {
             let _ = ready.send(Ok(()));
             c
@@ -229,6 +229,7 @@ async fn receive(
             _ => break,
         }
     }
+    close(&conn).await;
     Ok(arrived)
 }
 
@@ -280,6 +281,7 @@ async fn send(
     for c in futures::future::join_all(confirms).await {
         c?;
     }
+    close(&conn).await;
     Ok(sent)
 }
 

@@ -200,7 +200,7 @@ pub(crate) async fn publish_pipelined(
 pub(super) struct RawRelay {
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
-    _conn: Connection,
+    conn: Connection,
 }
 
 impl RawRelay {
@@ -235,7 +235,6 @@ impl RawRelay {
             let stop = stop.clone();
             let max = shape.in_flight.max(1);
             tasks.push(tokio::spawn(async move {
-                let _ch = ch;
                 // Up to `max` deliveries in flight (their publishes and
                 // confirms pipelined), each acked after its own confirm.
                 let mut in_flight = futures::stream::FuturesUnordered::new();
@@ -253,14 +252,12 @@ impl RawRelay {
                 while let Some(r) = in_flight.next().await {
                     r?;
                 }
+                // Closed before the connection (see `close`).
+                let _ = ch.close(200, "done".into()).await;
                 Ok(())
             }));
         }
-        Ok(RawRelay {
-            stop,
-            tasks,
-            _conn: conn,
-        })
+        Ok(RawRelay { stop, tasks, conn })
     }
 
     pub(super) async fn stop(self) -> Result<()> {
@@ -268,7 +265,18 @@ impl RawRelay {
         for t in self.tasks {
             t.await??;
         }
+        close(&self.conn).await;
         Ok(())
+    }
+}
+
+/// Closes a benchmark connection as a client should: one dropped unclosed
+/// leaves RabbitMQ logging an unexpected close and a channel supervisor's
+/// crash report after every run, work the next run's broker would share.
+/// Best effort: a channel already closing makes lapin refuse, harmlessly.
+pub(super) async fn close(conn: &Connection) {
+    if let Err(e) = conn.close(200, "done".into()).await {
+        tracing::debug!("closing a benchmark connection: {e}");
     }
 }
 
