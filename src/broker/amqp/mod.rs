@@ -84,7 +84,7 @@ use crate::names;
 /// The queue type for agent queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum QueueType {
-    /// RabbitMQ's classic queue (what the seed declares).
+    /// RabbitMQ's classic queue (what the seed declares), version 2.
     #[default]
     Classic,
     /// Replicated quorum queue.
