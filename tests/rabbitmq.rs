@@ -421,18 +421,16 @@ async fn classic_queues_are_version_2_and_a_version_1_queue_is_kept() {
     use lapin::types::AMQPValue::{LongInt, LongString};
     let vh = Vhost::new();
     let (conn, _ch) = vh.plain_client().await;
-    let dlx = || {
+    // warren's dead-lettering of an agent queue into `dlq`.
+    let dlx = |dlq: &str| {
         vec![
             ("x-dead-letter-exchange", LongString("".into())),
-            (
-                "x-dead-letter-routing-key",
-                LongString("agent_echo_queue.dlq".into()),
-            ),
+            ("x-dead-letter-routing-key", LongString(dlq.into())),
         ]
     };
     let version = |v: i32| ("x-queue-version", LongInt(v));
     // What an older warren made: its dead-lettering, RabbitMQ's default version (1).
-    let old = dlx();
+    let old = dlx("agent_echo_queue.dlq");
     declare_with(&conn, "agent_echo_queue", &old).await.unwrap();
     common::logs::capture("info");
     let t = host(&vh, &["echo"], fast_dispatch()).await;
@@ -449,20 +447,11 @@ async fn classic_queues_are_version_2_and_a_version_1_queue_is_kept() {
     // Kept as it was: RabbitMQ still compares against no version argument.
     declare_with(&conn, "agent_echo_queue", &old).await.unwrap();
     // A queue another client made as version 1 explicitly is kept too.
-    declare_with(
-        &conn,
-        "agent_other_queue",
-        &[
-            ("x-dead-letter-exchange", LongString("".into())),
-            (
-                "x-dead-letter-routing-key",
-                LongString("agent_other_queue.dlq".into()),
-            ),
-            version(1),
-        ],
-    )
-    .await
-    .unwrap();
+    let mut explicit = dlx("agent_other_queue.dlq");
+    explicit.push(version(1));
+    declare_with(&conn, "agent_other_queue", &explicit)
+        .await
+        .unwrap();
     t.broker.declare_agent("other").await.unwrap();
     let text = common::logs::text();
     assert!(

@@ -15,8 +15,8 @@
 //! Measured on RabbitMQ 3.10 (BENCHMARKS.md): version 1, the default there,
 //! now and then stops delivering and confirming on a busy queue for ~0.4 s,
 //! and its p50 at a paced 2,000 msg/s is higher. A queue made as version 1
-//! (by an older warren, or a policy) is kept as it is, with a note on how to
-//! convert it.
+//! (by an older warren, or another client) is kept as it is, with a note on
+//! how to convert it.
 
 use anyhow::{Result, anyhow};
 use lapin::Channel;
