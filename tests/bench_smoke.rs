@@ -51,6 +51,11 @@ fn quick_benchmark_prints_every_table() {
         stdout.contains("| 200 msg/s | warren |") && stdout.contains("| 200 msg/s | raw lapin |"),
         "{stdout}"
     );
+    // The raw relay also on a version-2 queue, as warren's own.
+    assert!(
+        stdout.contains("| 200 msg/s | raw lapin, queue version 2 |"),
+        "{stdout}"
+    );
     // The benchmark cleans up after itself.
     let out = Command::new("rabbitmqctl")
         .args(["list_queues", "-p", &vh.name, "name"])

@@ -12,7 +12,9 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use super::broker_cpu::{BrokerCpu, own_seconds, thread_seconds};
 use super::local::content;
-use super::relay::{AGENT, Admin, Mode, OUT, RAW_IN, RawRelay, WarrenRelay, close, declare_warren};
+use super::relay::{
+    AGENT, Admin, Mode, OUT, RAW_IN, RAW_IN_V2, RawRelay, WarrenRelay, close, declare_warren,
+};
 use super::{BenchConfig, Table, median, rotation};
 use crate::wire::Body;
 
@@ -70,16 +72,31 @@ struct Run {
     relay_us: Option<f64>,
 }
 
+/// The relays of the latency table, one row each.
+#[derive(Clone, Copy)]
+enum Relay {
+    Warren {
+        swapping: bool,
+    },
+    /// The raw relay consuming this queue.
+    Raw(&'static str),
+}
+
 /// Offers `rate` msg/s for the configured time.
 async fn latency_once(
     config: &BenchConfig,
     admin: &Admin,
     broker: &BrokerCpu,
-    warren: bool,
-    swapping: bool,
+    relay: Relay,
     rate: u32,
 ) -> Result<Run> {
-    let input = admin.fresh_run(warren).await?;
+    let input = match relay {
+        Relay::Warren { .. } => admin.fresh_run(true).await?,
+        Relay::Raw(queue) => {
+            admin.fresh_run(false).await?;
+            queue
+        }
+    };
     broker.quiet().await;
     let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
 
@@ -88,14 +105,17 @@ async fn latency_once(
         Raw(RawRelay),
     }
     let mut swapper = None;
-    let relay = if warren {
-        let relay = WarrenRelay::start(config, config.warren, Mode::Reliable).await?;
-        if swapping {
-            swapper = Some(Swapper::start(&relay)?);
+    let relay = match relay {
+        Relay::Warren { swapping } => {
+            let relay = WarrenRelay::start(config, config.warren, Mode::Reliable).await?;
+            if swapping {
+                swapper = Some(Swapper::start(&relay)?);
+            }
+            Running::Warren(relay)
         }
-        Running::Warren(relay)
-    } else {
-        Running::Raw(RawRelay::start(config, config.raw_shapes[0], Mode::Reliable, false).await?)
+        Relay::Raw(queue) => Running::Raw(
+            RawRelay::start(config, queue, config.raw_shapes[0], Mode::Reliable, false).await?,
+        ),
     };
 
     // The load and the clock run on threads of their own (as a client in
@@ -318,12 +338,14 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
             ],
         );
         declare_warren(config).await?;
-        admin.queue(OUT, true).await?;
-        admin.queue(RAW_IN, true).await?;
+        admin.queue(OUT, None).await?;
+        admin.queue(RAW_IN, None).await?;
+        admin.queue(RAW_IN_V2, Some(2)).await?;
         let variants = [
-            (true, false, "warren"),
-            (true, true, "warren, swapping"),
-            (false, false, "raw lapin"),
+            (Relay::Warren { swapping: false }, "warren"),
+            (Relay::Warren { swapping: true }, "warren, swapping"),
+            (Relay::Raw(RAW_IN), "raw lapin"),
+            (Relay::Raw(RAW_IN_V2), "raw lapin, queue version 2"),
         ];
         for &rate in &config.rates {
             // Alternating rounds, medians: one 5-second run's p99 moves by
@@ -331,12 +353,11 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
             let mut runs: Vec<Vec<Run>> = (0..variants.len()).map(|_| Vec::new()).collect();
             for round in 0..config.rounds.max(1) {
                 for k in rotation(variants.len(), round) {
-                    let (warren, swapping, _) = variants[k];
-                    runs[k]
-                        .push(latency_once(config, &admin, &broker, warren, swapping, rate).await?);
+                    runs[k].push(latency_once(config, &admin, &broker, variants[k].0, rate).await?);
                 }
             }
-            for (k, &(_, swapping, label)) in variants.iter().enumerate() {
+            for (k, &(relay, label)) in variants.iter().enumerate() {
+                let swapping = matches!(relay, Relay::Warren { swapping: true });
                 let r = &runs[k];
                 let of = |p: f64| {
                     format!(
@@ -378,7 +399,10 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
                  the I/O threads of their two connections, the same for every relay: compare \
                  relays by it, do not price one alone); at a paced rate each message finds the \
                  caches cold and the threads asleep, so it costs several times what it does in \
-                 the throughput table.",
+                 the throughput table. \"raw lapin\" consumes a queue declared plainly (a \
+                 classic queue of version 1 on RabbitMQ 3.10–3.13), \"queue version 2\" the same \
+                 relay on a version-2 queue as warren declares its own: a relay that acks one \
+                 message at a time costs that version more.",
             SWAP_EVERY.as_millis()
         ));
         Ok(t)

@@ -1,7 +1,6 @@
 //! The relays `warren bench` compares on RabbitMQ (the tables are in
 //! [`super::throughput`]).
 //!
-//!
 //! Both relays consume an input queue, publish each message to `bench_out`
 //! (persistent + confirmed, or transient without confirms), and ack the
 //! input only after the output is confirmed. The raw relay runs at the
@@ -20,7 +19,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
     QueuePurgeOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +31,9 @@ use crate::wire::Body;
 
 pub(super) const OUT: &str = "bench_out";
 pub(super) const RAW_IN: &str = "bench_raw_in";
+/// The raw relay's input as a classic queue of version 2, as warren
+/// declares its own (the latency table's last row).
+pub(super) const RAW_IN_V2: &str = "bench_raw_in_v2";
 pub(super) const AGENT: &str = "bench_echo";
 pub(super) const EXCHANGE: &str = "warren_bench";
 
@@ -73,19 +75,28 @@ impl Admin {
         Ok(Admin { _conn: conn, ch })
     }
 
-    pub(super) async fn queue(&self, name: &str, durable: bool) -> Result<()> {
+    /// Declares one of the benchmark's own queues, empty and durable: a
+    /// plain declaration, as a hand-written relay makes (a classic queue of
+    /// version 1 on RabbitMQ 3.10–3.13), or of the classic queue `version`
+    /// asked for.
+    pub(super) async fn queue(&self, name: &str, version: Option<i32>) -> Result<()> {
+        // A leftover of an interrupted run may have other arguments.
+        self.ch
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await?;
+        let mut args = FieldTable::default();
+        if let Some(v) = version {
+            args.insert("x-queue-version".into(), AMQPValue::LongInt(v));
+        }
         self.ch
             .queue_declare(
                 name.into(),
                 QueueDeclareOptions {
-                    durable,
+                    durable: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                args,
             )
-            .await?;
-        self.ch
-            .queue_purge(name.into(), QueuePurgeOptions::default())
             .await?;
         Ok(())
     }
@@ -150,6 +161,7 @@ impl Admin {
         for q in [
             OUT,
             RAW_IN,
+            RAW_IN_V2,
             "agent_bench_echo_queue",
             "agent_bench_echo_queue.dlq",
         ] {
@@ -204,8 +216,10 @@ pub(super) struct RawRelay {
 }
 
 impl RawRelay {
+    /// The relay of `shape` consuming `input`.
     pub(super) async fn start(
         config: &BenchConfig,
+        input: &'static str,
         shape: Shape,
         mode: Mode,
         stamped: bool,
@@ -225,7 +239,7 @@ impl RawRelay {
                 .await?;
             let mut consumer = ch
                 .basic_consume(
-                    RAW_IN.into(),
+                    input.into(),
                     format!("raw-{i}").as_str().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),

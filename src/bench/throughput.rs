@@ -49,7 +49,8 @@ async fn relay_once(
         let echo = config.plugins.join("echo.wasm");
         warren_drains(config, admin, shape, mode, &echo).await?
     } else {
-        let relay = RawRelay::start(config, shape, mode, relay == Relay::RawStamped).await?;
+        let relay =
+            RawRelay::start(config, RAW_IN, shape, mode, relay == Relay::RawStamped).await?;
         let started = Instant::now();
         admin.wait_for(OUT, n, Duration::from_secs(600)).await?;
         let elapsed = started.elapsed();
@@ -146,8 +147,8 @@ async fn with_queues<T>(
     let admin = Admin::connect(&config.amqp_url).await?;
     let result = async {
         declare_warren(config).await?;
-        admin.queue(OUT, true).await?;
-        admin.queue(RAW_IN, true).await?;
+        admin.queue(OUT, None).await?;
+        admin.queue(RAW_IN, None).await?;
         body(&admin).await
     }
     .await;
