@@ -73,7 +73,7 @@ struct Run {
 }
 
 /// The relays of the latency table, one row each.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Relay {
     Warren {
         swapping: bool,
@@ -97,7 +97,9 @@ async fn latency_once(
             queue
         }
     };
+    tracing::debug!(?relay, "latency run: broker quiet");
     broker.quiet().await;
+    tracing::debug!(?relay, "latency run: starting relay");
     let n = ((rate as f64) * config.latency_seconds).max(1.0) as usize;
 
     enum Running {
@@ -131,7 +133,9 @@ async fn latency_once(
         send(config.amqp_url.clone(), input, n, rate),
     )?;
     let (sent, sender_cpu) = sender.await?;
+    tracing::debug!("latency run: sent");
     let (arrived, receiver_cpu) = receiver.await?;
+    tracing::debug!("latency run: received");
     let after = (broker.seconds(), own_seconds());
     let (sent, arrived) = (sent?, arrived?);
     let per_message = |seconds: Option<f64>| seconds.map(|s| s * 1e6 / n as f64);
@@ -151,11 +155,15 @@ async fn latency_once(
                 .counters()
                 .swaps
                 .load(std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!("latency run: host shutdown");
             w.host.shutdown().await;
+            tracing::debug!("latency run: host shut down");
             swaps
         }
         Running::Raw(r) => {
+            tracing::debug!("latency run: raw stop");
             r.stop().await?;
+            tracing::debug!("latency run: raw stopped");
             0
         }
     };

@@ -56,7 +56,7 @@ impl Mode {
 
 /// The benchmark's own connection: declares, preloads, counts, cleans up.
 pub(super) struct Admin {
-    _conn: Connection,
+    conn: Connection,
     pub(super) ch: Channel,
 }
 
@@ -72,7 +72,7 @@ impl Admin {
             })?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Admin { _conn: conn, ch })
+        Ok(Admin { conn, ch })
     }
 
     /// Declares one of the benchmark's own queues, empty and durable: a
@@ -157,7 +157,8 @@ impl Admin {
         })
     }
 
-    pub(super) async fn cleanup(&self) {
+    /// Deletes what the benchmark declared, then closes the connection.
+    pub(super) async fn cleanup(self) {
         for q in [
             OUT,
             RAW_IN,
@@ -174,6 +175,9 @@ impl Admin {
             .ch
             .exchange_delete(EXCHANGE.into(), ExchangeDeleteOptions::default())
             .await;
+        // The channel before the connection (see `RawRelay::stop`).
+        let _ = self.ch.close(200, "done".into()).await;
+        close(&self.conn).await;
     }
 }
 
@@ -212,6 +216,7 @@ pub(crate) async fn publish_pipelined(
 pub(super) struct RawRelay {
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+    publish: Channel,
     conn: Connection,
 }
 
@@ -271,7 +276,12 @@ impl RawRelay {
                 Ok(())
             }));
         }
-        Ok(RawRelay { stop, tasks, conn })
+        Ok(RawRelay {
+            stop,
+            tasks,
+            publish,
+            conn,
+        })
     }
 
     pub(super) async fn stop(self) -> Result<()> {
@@ -279,6 +289,12 @@ impl RawRelay {
         for t in self.tasks {
             t.await??;
         }
+        // Closed here, not left to lapin: a channel whose last handle drops
+        // is closed by lapin in the background, and when that close meets
+        // the connection's own, lapin fails the connection (RabbitMQ logs
+        // an unexpected close) and may leave the connection's close
+        // waiting forever.
+        let _ = self.publish.close(200, "done".into()).await;
         close(&self.conn).await;
         Ok(())
     }
@@ -287,12 +303,20 @@ impl RawRelay {
 /// Closes a benchmark connection as a client should: one dropped unclosed
 /// leaves RabbitMQ logging an unexpected close and a channel supervisor's
 /// crash report after every run, work the next run's broker would share.
-/// Best effort: a channel already closing makes lapin refuse, harmlessly.
+/// Best effort, and bounded: a channel already closing makes lapin refuse,
+/// and a connection lapin has already failed may never answer.
 pub(super) async fn close(conn: &Connection) {
-    if let Err(e) = conn.close(200, "done".into()).await {
-        tracing::debug!("closing a benchmark connection: {e}");
+    match tokio::time::timeout(CLOSE_AT_MOST, conn.close(200, "done".into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("closing a benchmark connection: {e}"),
+        Err(_) => tracing::warn!(
+            "closing a benchmark connection: no answer within {CLOSE_AT_MOST:?}; dropped"
+        ),
     }
 }
+
+/// The longest [`close`] waits for RabbitMQ's answer.
+const CLOSE_AT_MOST: Duration = Duration::from_secs(5);
 
 /// Forwards one delivery: publish → confirm → ack.
 async fn relay_one(

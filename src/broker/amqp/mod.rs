@@ -104,6 +104,9 @@ pub enum QueueType {
 /// agents.
 pub const DEFAULT_PREFETCH: u16 = 512;
 
+/// The longest [`AmqpBroker`]'s `close` waits for RabbitMQ's answer.
+const CLOSE_AT_MOST: Duration = Duration::from_secs(5);
+
 /// How to reach RabbitMQ and shape the topology.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
@@ -469,13 +472,18 @@ impl Broker for AmqpBroker {
     }
 
     async fn close(&self) {
-        if let Err(e) = self
+        // Bounded: a connection lapin has already failed may never answer,
+        // and a host shutting down must not wait for it forever.
+        let closing = self
             .inner
             .connection
-            .close(200, "warren shutting down".into())
-            .await
-        {
-            debug!("closing the AMQP connection: {e}");
+            .close(200, "warren shutting down".into());
+        match tokio::time::timeout(CLOSE_AT_MOST, closing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("closing the AMQP connection: {e}"),
+            Err(_) => warn!(
+                "closing the AMQP connection: RabbitMQ did not answer within {CLOSE_AT_MOST:?}; dropping it"
+            ),
         }
     }
 }
