@@ -303,20 +303,9 @@ impl RawRelay {
 /// Closes a benchmark connection as a client should: one dropped unclosed
 /// leaves RabbitMQ logging an unexpected close and a channel supervisor's
 /// crash report after every run, work the next run's broker would share.
-/// Best effort, and bounded: a channel already closing makes lapin refuse,
-/// and a connection lapin has already failed may never answer.
 pub(super) async fn close(conn: &Connection) {
-    match tokio::time::timeout(CLOSE_AT_MOST, conn.close(200, "done".into())).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!("closing a benchmark connection: {e}"),
-        Err(_) => tracing::warn!(
-            "closing a benchmark connection: no answer within {CLOSE_AT_MOST:?}; dropped"
-        ),
-    }
+    crate::broker::amqp::close_connection(conn, "done").await;
 }
-
-/// The longest [`close`] waits for RabbitMQ's answer.
-const CLOSE_AT_MOST: Duration = Duration::from_secs(5);
 
 /// Forwards one delivery: publish → confirm → ack.
 async fn relay_one(

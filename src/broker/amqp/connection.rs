@@ -199,3 +199,20 @@ impl AmqpBroker {
         }
     }
 }
+
+/// The longest [`close`] waits for RabbitMQ's answer.
+const CLOSE_AT_MOST: Duration = Duration::from_secs(5);
+
+/// Closes `conn` as a client should, best effort and bounded: a channel
+/// already closing makes lapin refuse (logged at debug), and a connection
+/// lapin has already failed may never answer (then it is dropped with a
+/// warning), so nothing shutting down waits for it forever.
+pub(crate) async fn close(conn: &Connection, reason: &str) {
+    match tokio::time::timeout(CLOSE_AT_MOST, conn.close(200, reason.into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("closing the AMQP connection: {e}"),
+        Err(_) => warn!(
+            "closing the AMQP connection: RabbitMQ did not answer within {CLOSE_AT_MOST:?}; dropping it"
+        ),
+    }
+}

@@ -56,6 +56,7 @@ mod unroutable;
 mod url;
 
 pub use acks::DEFAULT_GATHER as DEFAULT_ACK_GATHER;
+pub(crate) use connection::close as close_connection;
 pub use headers::{
     HEADER_ATTEMPT, HEADER_HOPS, HEADER_REASON, HEADER_SENDER, Origin, TYPE_PREFIX, origin,
 };
@@ -103,9 +104,6 @@ pub enum QueueType {
 /// takes of a queue shared with others: lower it for large bodies or slow
 /// agents.
 pub const DEFAULT_PREFETCH: u16 = 512;
-
-/// The longest [`AmqpBroker`]'s `close` waits for RabbitMQ's answer.
-const CLOSE_AT_MOST: Duration = Duration::from_secs(5);
 
 /// How to reach RabbitMQ and shape the topology.
 #[derive(Debug, Clone)]
@@ -472,18 +470,6 @@ impl Broker for AmqpBroker {
     }
 
     async fn close(&self) {
-        // Bounded: a connection lapin has already failed may never answer,
-        // and a host shutting down must not wait for it forever.
-        let closing = self
-            .inner
-            .connection
-            .close(200, "warren shutting down".into());
-        match tokio::time::timeout(CLOSE_AT_MOST, closing).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!("closing the AMQP connection: {e}"),
-            Err(_) => warn!(
-                "closing the AMQP connection: RabbitMQ did not answer within {CLOSE_AT_MOST:?}; dropping it"
-            ),
-        }
+        connection::close(&self.inner.connection, "warren shutting down").await;
     }
 }
