@@ -14,7 +14,7 @@ use futures::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use warren::broker::amqp::{AmqpBroker, AmqpConfig};
+use warren::broker::amqp::{AmqpBroker, AmqpConfig, QueueVersion};
 use warren::dispatch::{DispatchConfig, Event};
 use warren::{Broker, client};
 
@@ -414,10 +414,11 @@ async fn declare_with(
     .map_err(|e| e.to_string())
 }
 
-/// Classic queues are made as version 2; an agent queue that exists as
-/// version 1 (an older warren's) is kept as it is and serves the agent.
+/// Classic queues are made as version 2 unless configured (`--queue-version`);
+/// an agent queue that exists as version 1 (an older warren's) is kept as it
+/// is and serves the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classic_queues_are_version_2_and_a_version_1_queue_is_kept() {
+async fn classic_queues_are_version_2_unless_configured_and_another_version_is_kept() {
     use lapin::types::AMQPValue::{LongInt, LongString};
     let vh = Vhost::new();
     let (conn, _ch) = vh.plain_client().await;
@@ -468,6 +469,37 @@ async fn classic_queues_are_version_2_and_a_version_1_queue_is_kept() {
         .unwrap_err();
     assert!(refused.contains("x-queue-version"), "{refused}");
     t.host.shutdown().await;
+
+    // `--queue-version 1` and `broker` (no argument: the broker's default
+    // and policies decide) declare exactly that.
+    for (queue_version, agent, args) in [
+        (QueueVersion::V1, "one", vec![version(1)]),
+        (QueueVersion::Broker, "plain", vec![]),
+    ] {
+        let b = AmqpBroker::connect(AmqpConfig {
+            queue_version,
+            ..AmqpConfig::new(vh.url())
+        })
+        .await
+        .unwrap();
+        b.declare_agent(agent).await.unwrap();
+        let dlq = format!("agent_{agent}_queue.dlq");
+        let mut same = dlx(&dlq);
+        same.extend(args.iter().cloned());
+        declare_with(&conn, &format!("agent_{agent}_queue"), &same)
+            .await
+            .unwrap();
+        let mut other = dlx(&dlq);
+        other.push(version(2));
+        let refused = declare_with(&conn, &format!("agent_{agent}_queue"), &other)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.contains("x-queue-version"),
+            "{queue_version:?}: {refused}"
+        );
+        warren::Broker::close(&b).await;
+    }
 }
 
 /// Replies to a reply queue that does not exist are returned by RabbitMQ.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -97,6 +97,7 @@ async fn latency_once(
             queue
         }
     };
+    let relay_kind = relay;
     tracing::debug!(?relay, "latency run: broker quiet");
     broker.quiet().await;
     tracing::debug!(?relay, "latency run: starting relay");
@@ -170,6 +171,9 @@ async fn latency_once(
     if arrived.len() < n {
         bail!("latency run lost track: {} of {n} arrived", arrived.len());
     }
+    if let Some(dir) = &config.latency_dump {
+        dump(dir, relay_kind, rate, &sent, &arrived, n)?;
+    }
     let mut lat: Vec<Duration> = arrived
         .iter()
         .filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s)))
@@ -181,6 +185,45 @@ async fn latency_once(
         broker_us,
         relay_us,
     })
+}
+
+/// Writes one run's latencies to `dir` as CSV, one line per message in
+/// the order sent: its index, when it was sent (µs after the first) and its
+/// latency (µs; empty if it never arrived). Files are numbered in the order
+/// the runs ran, so a run's neighbours in time are at hand.
+fn dump(
+    dir: &std::path::Path,
+    relay: Relay,
+    rate: u32,
+    sent: &HashMap<String, Instant>,
+    arrived: &HashMap<String, Instant>,
+    n: usize,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = match relay {
+        Relay::Warren { swapping: false } => "warren",
+        Relay::Warren { swapping: true } => "warren-swapping",
+        Relay::Raw(RAW_IN_V2) => "raw-v2",
+        Relay::Raw(_) => "raw",
+    };
+    let first = sent.get("lat-0").copied();
+    let mut out = String::from("index,sent_us,latency_us\n");
+    for i in 0..n {
+        let id = format!("lat-{i}");
+        let Some(s) = sent.get(&id) else { continue };
+        let at = first.map_or(0, |f| s.saturating_duration_since(f).as_micros());
+        let latency = arrived
+            .get(&id)
+            .map(|a| a.saturating_duration_since(*s).as_micros().to_string())
+            .unwrap_or_default();
+        let _ = writeln!(out, "{i},{at},{latency}");
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{k:03}-{rate}-{name}.csv"));
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// Runs `fut` on a thread of its own, on a single-threaded runtime; its
@@ -409,8 +452,8 @@ pub async fn latency(config: &BenchConfig) -> Result<Table> {
                  caches cold and the threads asleep, so it costs several times what it does in \
                  the throughput table. \"raw lapin\" consumes a queue declared plainly (a \
                  classic queue of version 1 on RabbitMQ 3.10–3.13), \"queue version 2\" the same \
-                 relay on a version-2 queue as warren declares its own: a relay that acks one \
-                 message at a time costs that version more.",
+                 relay on a version-2 queue as warren declares its own (`--queue-version`): a \
+                 relay that acks one message at a time costs that version more.",
             SWAP_EVERY.as_millis()
         ));
         Ok(t)

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::broker::amqp::QueueVersion;
+
 /// What to run, and how big.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -51,6 +53,12 @@ pub struct BenchConfig {
     /// How long warren's first settled delivery waits for others to share
     /// its ack frame (`warren run --ack-gather`; its default unless set).
     pub ack_gather: Duration,
+    /// The storage version warren declares its classic queues with
+    /// (`warren run --queue-version`; its default unless set).
+    pub queue_version: QueueVersion,
+    /// Where the latency table writes each run's latencies, one CSV file
+    /// per run (`--latency-dump`); none unless set.
+    pub latency_dump: Option<PathBuf>,
     /// Calls per Wasm cost measurement.
     pub calls: usize,
     /// Agent counts for the scale table.
@@ -166,6 +174,8 @@ impl BenchConfig {
             ],
             warren: Shape::defaults(),
             ack_gather: crate::broker::amqp::DEFAULT_ACK_GATHER,
+            queue_version: Default::default(),
+            latency_dump: None,
             calls: 20_000,
             trace_hops: crate::trace::DEFAULT_CAPACITY,
             scale: vec![1, 10, 100],
@@ -184,16 +194,23 @@ impl BenchConfig {
     }
 
     /// How the tables name warren's settings: "its defaults (…)" when they
-    /// are, else the shape and the ack gather measured instead.
+    /// are, else the shape, the ack gather and the queue version measured
+    /// instead.
     pub fn warren_label(&self) -> String {
         let shape = self.warren.label();
         if self.warren == Shape::defaults()
             && self.ack_gather == crate::broker::amqp::DEFAULT_ACK_GATHER
+            && self.queue_version == Default::default()
         {
             format!("its defaults ({shape})")
         } else {
             let gather = self.ack_gather.as_millis();
-            format!("{shape}, acks gathered {gather} ms (not its defaults)")
+            let version = match self.queue_version {
+                QueueVersion::V1 => ", queue version 1",
+                QueueVersion::V2 => "",
+                QueueVersion::Broker => ", the broker's queue version",
+            };
+            format!("{shape}, acks gathered {gather} ms{version} (not its defaults)")
         }
     }
 

@@ -32,7 +32,7 @@ use crate::wire::Body;
 pub(super) const OUT: &str = "bench_out";
 pub(super) const RAW_IN: &str = "bench_raw_in";
 /// The raw relay's input as a classic queue of version 2, as warren
-/// declares its own (the latency table's last row).
+/// declares its own by default (the latency table's last row).
 pub(super) const RAW_IN_V2: &str = "bench_raw_in_v2";
 pub(super) const AGENT: &str = "bench_echo";
 pub(super) const EXCHANGE: &str = "warren_bench";
@@ -378,6 +378,7 @@ impl WarrenRelay {
             prefetch: shape.prefetch,
             reliable: mode == Mode::Reliable,
             ack_gather: config.ack_gather,
+            queue_version: config.queue_version,
             ..AmqpConfig::new(config.amqp_url.clone())
         })
         .await?;
@@ -394,6 +395,7 @@ impl WarrenRelay {
 pub(super) async fn declare_warren(config: &BenchConfig) -> Result<()> {
     let amqp = AmqpBroker::connect(AmqpConfig {
         exchange: EXCHANGE.into(),
+        queue_version: config.queue_version,
         ..AmqpConfig::new(config.amqp_url.clone())
     })
     .await?;

@@ -9,7 +9,7 @@ use clap::Args;
 use clap::builder::RangedU64ValueParser;
 
 use warren::HostConfig;
-use warren::broker::amqp::{AmqpBroker, AmqpConfig, QueueType};
+use warren::broker::amqp::{AmqpBroker, AmqpConfig, QueueType, QueueVersion};
 use warren::control;
 use warren::dispatch::DispatchConfig;
 use warren::runtime::{InstanceMode, RuntimeConfig};
@@ -136,6 +136,12 @@ pub struct QueueArgs {
     /// Queue type of agent queues.
     #[arg(long, value_enum, default_value_t = QueueType::Classic)]
     pub queue_type: QueueType,
+    /// Storage version of classic queues (`x-queue-version`, RabbitMQ
+    /// 3.10–3.13; 4.x has only version 2): `broker` declares none, so the
+    /// broker's default and its `queue-version` policies decide. A queue
+    /// that exists with another version is used as it is.
+    #[arg(long, value_enum, default_value_t = QueueVersion::V2)]
+    pub queue_version: QueueVersion,
     /// Also write each output's sender, hops and version as the headers
     /// x-warren-sender / x-warren-hops / x-warren-agent-version, for hosts
     /// older than the app_id / type form during a rolling upgrade.
@@ -190,6 +196,7 @@ impl BrokerArgs {
                     AmqpConfig {
                         prefetch: queues.prefetch,
                         queue_type: queues.queue_type,
+                        queue_version: queues.queue_version,
                         legacy_headers: queues.legacy_headers,
                         ack_gather: Duration::from_millis(queues.ack_gather),
                         ..config

@@ -58,6 +58,14 @@ pub struct Bench {
     /// warren's ack gather in milliseconds while measured (default: warren's).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
     ack_gather: Option<u64>,
+    /// The storage version of warren's classic queues while measured
+    /// (default: warren's).
+    #[arg(long, value_enum)]
+    queue_version: Option<warren::broker::amqp::QueueVersion>,
+    /// Write each latency run's per-message latencies to this folder (CSV:
+    /// index, sent µs, latency µs; one file per run, in the order run).
+    #[arg(long, value_name = "DIR")]
+    latency_dump: Option<PathBuf>,
     /// Also write the tables (Markdown) to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -75,6 +83,10 @@ pub async fn run(c: Bench) -> Result<()> {
     if let Some(ms) = c.ack_gather {
         config.ack_gather = std::time::Duration::from_millis(ms);
     }
+    if let Some(v) = c.queue_version {
+        config.queue_version = v;
+    }
+    config.latency_dump = c.latency_dump;
     if c.quick {
         config = config.quick();
     }

@@ -60,6 +60,7 @@ pub(crate) use connection::close as close_connection;
 pub use headers::{
     HEADER_ATTEMPT, HEADER_HOPS, HEADER_REASON, HEADER_SENDER, Origin, TYPE_PREFIX, origin,
 };
+pub use topology::QueueVersion;
 pub use unroutable::UNROUTABLE;
 pub use url::redact;
 
@@ -85,7 +86,8 @@ use crate::names;
 /// The queue type for agent queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum QueueType {
-    /// RabbitMQ's classic queue (what the seed declares), version 2.
+    /// RabbitMQ's classic queue (what the seed declares), of the storage
+    /// version `AmqpConfig::queue_version` says (2 unless configured).
     #[default]
     Classic,
     /// Replicated quorum queue.
@@ -124,6 +126,8 @@ pub struct AmqpConfig {
     /// Unacknowledged deliveries per consumer.
     pub prefetch: u16,
     pub queue_type: QueueType,
+    /// The storage version classic queues are declared with (see `topology`).
+    pub queue_version: QueueVersion,
     /// Longest wait for lapin's recovery before an operation fails.
     pub recovery_timeout: Duration,
     /// Publisher confirms and persistent messages. Only benchmarks turn this
@@ -156,6 +160,7 @@ impl AmqpConfig {
             exchange_durable: true,
             prefetch: DEFAULT_PREFETCH,
             queue_type: QueueType::Classic,
+            queue_version: QueueVersion::V2,
             recovery_timeout: Duration::from_secs(120),
             reliable: true,
             connect_timeout: Duration::from_secs(5),

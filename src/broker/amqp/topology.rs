@@ -11,12 +11,15 @@
 //! at-most-once, drops a retry whose target has no leader when it expires.
 //!
 //! Classic queues are declared as version 2 (`x-queue-version: 2`, RabbitMQ
-//! 3.10 to 3.13; 4.x has no other version and ignores the argument).
-//! Measured on RabbitMQ 3.10 (BENCHMARKS.md): version 1, the default there,
-//! now and then stops delivering and confirming on a busy queue for ~0.4 s,
-//! and its p50 at a paced 2,000 msg/s is higher. A queue made as version 1
-//! (by an older warren, or another client) is kept as it is, with a note on
-//! how to convert it.
+//! 3.10 to 3.13; 4.x has no other version and ignores the argument) unless
+//! configured ([`QueueVersion`]: 1, or none so that the broker's default
+//! and its operator's policies decide). Measured on RabbitMQ 3.10
+//! (BENCHMARKS.md): version 1, the default there, now and then stops
+//! delivering and confirming on a busy queue for ~0.4 s on some machines;
+//! on others it costs the broker less CPU per message than version 2 and
+//! drains about as fast. A queue that exists with another version (made by
+//! an older warren, or another client) is kept as it is, with a note on how
+//! to convert it.
 
 use anyhow::{Result, anyhow};
 use lapin::Channel;
@@ -33,6 +36,32 @@ fn text(v: &str) -> AMQPValue {
 
 /// The classic queue's storage version (see the module's doc).
 const QUEUE_VERSION: &str = "x-queue-version";
+
+/// The storage version classic queues are declared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum QueueVersion {
+    /// `x-queue-version: 1`.
+    #[value(name = "1")]
+    V1,
+    /// `x-queue-version: 2`.
+    #[default]
+    #[value(name = "2")]
+    V2,
+    /// No version argument: the broker's default (1 before RabbitMQ 4.0)
+    /// and its `queue-version` policies decide.
+    Broker,
+}
+
+impl QueueVersion {
+    /// The `x-queue-version` argument, if one is declared.
+    fn argument(self) -> Option<i32> {
+        match self {
+            QueueVersion::V1 => Some(1),
+            QueueVersion::V2 => Some(2),
+            QueueVersion::Broker => None,
+        }
+    }
+}
 
 /// `args` with the queue version `version` instead of theirs (none: without).
 fn with_version(args: &FieldTable, version: Option<i32>) -> FieldTable {
@@ -57,7 +86,9 @@ impl Inner {
                 args.insert("x-queue-type".into(), text("quorum"));
             }
             QueueType::Classic => {
-                args.insert(QUEUE_VERSION.into(), AMQPValue::LongInt(2));
+                if let Some(v) = self.config.queue_version.argument() {
+                    args.insert(QUEUE_VERSION.into(), AMQPValue::LongInt(v));
+                }
             }
         }
         args
@@ -143,10 +174,11 @@ impl Inner {
             Err(e) => e.to_string(),
         };
         if error.contains(QUEUE_VERSION) {
-            // Made as version 1 (RabbitMQ's default before 4.0, so an older
-            // warren's queue has no version argument; another client may
-            // have given 1), maybe with warren's other arguments: keep it.
-            for version in [None, Some(1)] {
+            // Made with another version argument than this host's (an older
+            // warren gave none; other clients none, 1 or 2), maybe with
+            // warren's other arguments: keep it.
+            let asked = self.config.queue_version.argument();
+            for version in [None, Some(1), Some(2)].into_iter().filter(|v| *v != asked) {
                 match self
                     .declare(name, with_version(&args, version), false)
                     .await
@@ -154,8 +186,8 @@ impl Inner {
                     Ok(()) => {
                         info!(
                             queue = name,
-                            "queue `{name}` is a classic queue of another version than the 2 \
-                             warren declares ({error}); kept as it is (a `queue-version` policy \
+                            "queue `{name}` is a classic queue of another version than this \
+                             host declares ({error}); kept as it is (a `queue-version` policy \
                              converts it, see docs/operations.md)"
                         );
                         return Ok(());
